@@ -1,0 +1,177 @@
+"""The ``yipanqi`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from service.config import get_settings
+from service.db import get_engine, new_session
+from service.directory import service as directory
+from service.errors import DomainError
+from service.migrations import upgrade
+from service.models import Role
+from service.signing import node as node_identity
+from service.signing.keys import public_key_text
+from service.staff.service import create_staff
+
+app = typer.Typer(
+    help="一盘棋 yipanqi: the county node for migrant-population information exchange.", no_args_is_help=True
+)
+peers_app = typer.Typer(help="The local directory of trusted peers and keys.", no_args_is_help=True)
+staff_app = typer.Typer(help="Staff accounts of the county bureau.", no_args_is_help=True)
+app.add_typer(peers_app, name="peers")
+app.add_typer(staff_app, name="staff")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=get_settings().log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def init(
+    node_id: Annotated[str, typer.Option(help="6-digit GB/T 2260 county code, e.g. 410105")],
+    name: Annotated[str, typer.Option(help="county name, e.g. 金水区")],
+    label: Annotated[str, typer.Option(help="key label")] = "k1",
+) -> None:
+    """Create the data folder, database and this node's Ed25519 key pair."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(get_engine())
+    with new_session() as session:
+        try:
+            key = node_identity.init_node(session, settings.keys_dir, node_id=node_id, name=name, label=label)
+        except ValueError as exc:
+            _fail(str(exc))
+            return
+        session.commit()
+    console.print(f"node {node_id} {name} initialised in {settings.data_dir}")
+    console.print(f"keyid:      {key.keyid}")
+    console.print(f"public key: {key.public_key}")
+    console.print("peers add this node with:")
+    print(
+        f"  yipanqi peers add --node-id {node_id} --name {name} --url <this node's URL> --key {key.keyid}={key.public_key}"
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+) -> None:
+    """Run the node (applies database migrations first)."""
+    import uvicorn
+
+    from service.main import create_app
+
+    _setup_logging()
+    upgrade(get_engine())
+    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations and exit."""
+    upgrade(get_engine())
+    console.print("database is at the latest schema")
+
+
+@peers_app.command("add")
+def peers_add(
+    node_id: Annotated[str, typer.Option()],
+    name: Annotated[str, typer.Option()],
+    url: Annotated[str, typer.Option()],
+    key: Annotated[list[str], typer.Option(help="<node_id>/<label>=<base64url public key>; repeatable")],
+) -> None:
+    """Trust a peer: add it (or update its name, URL and keys)."""
+    try:
+        keys = [directory.KeySpec.parse(k) for k in key]
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    upgrade(get_engine())
+    with new_session() as session:
+        try:
+            directory.add_peer(session, node_id=node_id, name=name, url=url, keys=keys)
+        except DomainError as exc:
+            _fail(exc.detail)
+        session.commit()
+    console.print(f"peer {node_id} {name} at {url} trusted with {len(keys)} key(s)")
+
+
+@peers_app.command("list")
+def peers_list() -> None:
+    """Show the directory."""
+    table = Table("node_id", "name", "url", "keys")
+    with new_session() as session:
+        for peer, keys in directory.list_peers(session):
+            table.add_row(
+                peer.node_id, peer.name, peer.url, "\n".join(f"{k.keyid}={k.public_key}" for k in keys)
+            )
+    console.print(table)
+
+
+@peers_app.command("remove")
+def peers_remove(node_id: Annotated[str, typer.Option()]) -> None:
+    """Stop trusting a peer and its keys."""
+    with new_session() as session:
+        try:
+            directory.remove_peer(session, node_id)
+        except DomainError as exc:
+            _fail(exc.detail)
+        session.commit()
+    console.print(f"peer {node_id} removed")
+
+
+@staff_app.command("add")
+def staff_add(
+    username: Annotated[str, typer.Option()],
+    role: Annotated[Role, typer.Option()],
+) -> None:
+    """Create a staff account; prints its bearer token once."""
+    upgrade(get_engine())
+    with new_session() as session:
+        try:
+            staff, token = create_staff(session, username=username, role=role)
+        except DomainError as exc:
+            _fail(exc.detail)
+            return
+        session.commit()
+    console.print(f"staff {staff.username} ({staff.role.value}) created; bearer token (shown once):")
+    print(token)
+
+
+@app.command()
+def demo(
+    once: Annotated[
+        bool, typer.Option(help="exit after the demo instead of leaving the nodes running")
+    ] = False,
+    base_port: Annotated[int, typer.Option(help="first of three ports on 127.0.0.1")] = 8100,
+) -> None:
+    """Start three nodes on 127.0.0.1, send 协查 requests both ways, answer them, show what happened."""
+    from service.demo import run_demo
+
+    raise typer.Exit(run_demo(console, base_port=base_port, once=once))
+
+
+@app.command("public-key")
+def show_public_key() -> None:
+    """Print this node's keyid and public key (for peers' directories)."""
+    with new_session() as session:
+        signer = node_identity.load_signer(session, get_settings().keys_dir)
+    print(f"{signer.keyid}={public_key_text(signer.private_key.public_key())}")

@@ -1,0 +1,64 @@
+"""Settings of one node: one pydantic-settings class, env prefix ``YIPANQI_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.sla.deadlines import DeadlineRule
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIPANQI_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./yipanqi-data")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file yipanqi.db in data_dir"
+    )
+    log_level: str = "INFO"
+
+    # Peer protocol limits (PROTOCOL.md).
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    clock_skew_seconds: int = Field(default=300, gt=0)
+    max_signature_lifetime_seconds: int = Field(default=300, gt=0)
+    peer_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Outbox relay.
+    relay_enabled: bool = True
+    relay_interval_seconds: float = Field(default=1.0, gt=0)
+    relay_batch_size: int = Field(default=20, gt=0)
+    relay_lease_seconds: int = Field(default=60, gt=0)
+    relay_max_attempts: int = Field(default=30, gt=0)
+    relay_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    relay_backoff_cap_seconds: float = Field(default=3600.0, gt=0)
+
+    # Deadlines (PROTOCOL.md "Delivery"): calendar or working days, Asia/Shanghai.
+    deadline_urgent: DeadlineRule = DeadlineRule(days=15)
+    deadline_normal: DeadlineRule = DeadlineRule(days=30)
+    deadline_discrepancy: DeadlineRule = DeadlineRule(days=7)
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'yipanqi.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @model_validator(mode="after")
+    def _production_needs_real_database(self) -> Settings:
+        if self.environment == "production" and not self.database_url:
+            raise ValueError("YIPANQI_DATABASE_URL must be set in production (SQLite is for one-node use)")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,61 @@
+"""One domain error base class; one handler renders RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class DomainError(Exception):
+    """An error the client caused or must know about; never a 5xx for bad input."""
+
+    status_code: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        return problem_body(self.status_code, self.code, self.title, self.detail, **self.extra)
+
+
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "type": f"https://yipanqi.org/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **extra,
+    }
+
+
+def _error(name: str, status: int, code: str, title: str) -> type[DomainError]:
+    return type(name, (DomainError,), {"status_code": status, "code": code, "title": title})
+
+
+# Peer protocol errors (PROTOCOL.md codes).
+SignatureMissing = _error("SignatureMissing", 401, "signature_missing", "Signature headers missing")
+SignatureInvalid = _error("SignatureInvalid", 401, "signature_invalid", "Signature invalid")
+UnknownKey = _error("UnknownKey", 401, "unknown_key", "Unknown or expired key")
+SignatureExpired = _error("SignatureExpired", 401, "signature_expired", "Signature outside its time window")
+DigestMismatch = _error("DigestMismatch", 400, "digest_mismatch", "Content-Digest does not match the body")
+Replayed = _error("Replayed", 409, "replayed", "Nonce already seen")
+InvalidMessage = _error("InvalidMessage", 422, "invalid_message", "Invalid message")
+SenderMismatch = _error("SenderMismatch", 403, "sender_mismatch", "Sender is not the signing node")
+RecipientMismatch = _error("RecipientMismatch", 403, "recipient_mismatch", "Message is for another node")
+Conflict = _error("Conflict", 409, "conflict", "Conflict")
+UnknownRequest = _error("UnknownRequest", 404, "unknown_request", "Unknown request")
+Forbidden = _error("Forbidden", 403, "forbidden", "Forbidden")
+PayloadTooLarge = _error("PayloadTooLarge", 413, "payload_too_large", "Body larger than allowed")
+UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_type", "Unsupported media type")
+
+# Staff API errors.
+NotAuthenticated = _error("NotAuthenticated", 401, "not_authenticated", "Bearer token missing or invalid")
+NotFound = _error("NotFound", 404, "not_found", "Not found")
+InvalidState = _error("InvalidState", 409, "invalid_state", "Not allowed in the current state")
+ValidationFailed = _error("ValidationFailed", 422, "validation_failed", "Invalid input")

@@ -1,0 +1,64 @@
+"""Staff API over the outbox: see what is stuck, re-run dead messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+
+from service.db import SessionDep
+from service.exchange import outbox
+from service.models import OutboxStatus
+from service.staff.dependencies import Admin
+
+router = APIRouter(prefix="/api/v1/outbox", tags=["exchange"])
+
+
+class OutboxRead(BaseModel):
+    message_id: str
+    type: str
+    recipient: str
+    status: OutboxStatus
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+class OutboxPage(BaseModel):
+    items: list[OutboxRead]
+    total: int
+
+
+class Requeued(BaseModel):
+    requeued: int
+
+
+@router.get("", response_model=OutboxPage)
+def list_outbox(
+    session: SessionDep,
+    _staff: Admin,
+    status: OutboxStatus | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> OutboxPage:
+    rows, total = outbox.list_messages(session, status=status, page=page, page_size=page_size)
+    return OutboxPage(items=[OutboxRead.model_validate(r, from_attributes=True) for r in rows], total=total)
+
+
+@router.post("/dead/requeue", response_model=Requeued)
+def requeue_all(session: SessionDep, _staff: Admin) -> Requeued:
+    """Re-run every dead message with a fresh retry budget."""
+    count = outbox.requeue_dead(session)
+    session.commit()
+    return Requeued(requeued=count)
+
+
+@router.post("/{message_id}/requeue", response_model=Requeued)
+def requeue_one(message_id: str, session: SessionDep, _staff: Admin) -> Requeued:
+    count = outbox.requeue_dead(session, message_id)
+    session.commit()
+    return Requeued(requeued=count)

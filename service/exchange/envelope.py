@@ -1,0 +1,86 @@
+"""The envelope every peer message travels in, and its exact byte form."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Generic, Literal, TypeVar
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from service.sla.deadlines import SHANGHAI
+from service.subjects import NodeId
+
+P = TypeVar("P", bound=BaseModel)
+
+
+class Envelope(BaseModel, Generic[P]):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: UUID
+    type: str
+    sender: NodeId
+    recipient: NodeId
+    sent_at: AwareDatetime
+    correlation_id: UUID | None
+    payload: P
+
+
+class Receipt(BaseModel):
+    """The receiver's signed answer to an asynchronous message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: UUID
+    status: Literal["accepted", "duplicate"]
+    received_at: AwareDatetime
+    digest: str = Field(description="Content-Digest of the request body")
+    due_at: AwareDatetime | None
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, keys in the order given (as the protocol's worked example)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def utc_text(value: datetime) -> str:
+    """``2026-11-22T01:30:01Z``: UTC, whole seconds."""
+    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def envelope_body(
+    *,
+    message_id: UUID,
+    type: str,
+    sender: str,
+    recipient: str,
+    sent_at: datetime,
+    correlation_id: UUID | None,
+    payload: BaseModel,
+) -> bytes:
+    return canonical_json(
+        {
+            "message_id": str(message_id),
+            "type": type,
+            "sender": sender,
+            "recipient": recipient,
+            "sent_at": sent_at.astimezone(SHANGHAI).replace(microsecond=0).isoformat(),
+            "correlation_id": str(correlation_id) if correlation_id else None,
+            "payload": payload.model_dump(mode="json"),
+        }
+    )
+
+
+def receipt_body(
+    *, message_id: str, status: str, received_at: datetime, digest: str, due_at: datetime | None
+) -> bytes:
+    return canonical_json(
+        {
+            "message_id": message_id,
+            "status": status,
+            "received_at": utc_text(received_at),
+            "digest": digest,
+            "due_at": utc_text(due_at) if due_at else None,
+        }
+    )

@@ -1,0 +1,145 @@
+"""Incoming peer messages: replay check, envelope validation, idempotent storage, the receipt."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col
+
+from service.errors import Conflict, InvalidMessage, RecipientMismatch, Replayed, SenderMismatch
+from service.exchange.envelope import Envelope, P, Receipt, receipt_body
+from service.models import InboxMessage, OutboxMessage, SeenNonce
+from service.signing.http import VerifiedSignature, content_digest
+
+
+@dataclass(frozen=True)
+class InboundMessage(Generic[P]):
+    envelope: Envelope[P]
+    received_at: datetime
+
+
+# The receiver's handler returns the item's deadline (None where the protocol gives none).
+InboundHandler = Callable[[Session, InboundMessage[Any]], datetime | None]
+# The sender's hook, run once when the peer's signed receipt is stored.
+ReceiptHook = Callable[[Session, OutboxMessage, Receipt], None]
+
+
+@dataclass(frozen=True)
+class PeerEndpoint:
+    """One row of PROTOCOL.md's endpoint table, with the domain code for both sides."""
+
+    path: str  # below /peer/v1; ``{request_id}`` where the message answers a request
+    type: str
+    payload: type[BaseModel]
+    handle: InboundHandler
+    on_receipt: ReceiptHook | None = None
+    summary: str = ""
+
+    @property
+    def correlated(self) -> bool:
+        return "{" in self.path
+
+    def envelope_model(self) -> type[Envelope[Any]]:
+        return Envelope[self.payload]  # type: ignore[name-defined]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    status_code: int  # 202 first time, 200 for a retry of the same message
+    body: bytes
+
+
+def _record_nonce(session: Session, sig: VerifiedSignature, keep_until: datetime) -> None:
+    session.add(SeenNonce(keyid=sig.keyid, nonce=sig.nonce or "", expires_at=keep_until))
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Replayed("this (keyid, nonce) was already used") from exc
+
+
+def _validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    # Field and reason only: the rejected values may be personal data.
+    return [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+
+
+def parse_envelope(endpoint: PeerEndpoint, body: bytes) -> Envelope[Any]:
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidMessage("body is not UTF-8 JSON") from exc
+    try:
+        return endpoint.envelope_model().model_validate(data)
+    except ValidationError as exc:
+        raise InvalidMessage("envelope or payload does not validate", errors=_validation_detail(exc)) from exc
+
+
+def accept(
+    session: Session,
+    endpoint: PeerEndpoint,
+    *,
+    body: bytes,
+    signature: VerifiedSignature,
+    local_node: str,
+    path_request_id: str | None,
+    now: datetime,
+    nonce_keep_until: datetime,
+) -> Accepted:
+    """Rules 7 and 8 of PROTOCOL.md, then store the message once and hand it to the domain."""
+    _record_nonce(session, signature, nonce_keep_until)
+    envelope = parse_envelope(endpoint, body)
+    signer_node = signature.keyid.split("/", 1)[0]
+    if envelope.sender != signer_node:
+        raise SenderMismatch(f"sender {envelope.sender} is not the signing node {signer_node}")
+    if envelope.recipient != local_node:
+        raise RecipientMismatch(f"this is node {local_node}, not {envelope.recipient}")
+    if envelope.type != endpoint.type:
+        raise InvalidMessage(f"type must be {endpoint.type!r} on this endpoint")
+    if endpoint.correlated and str(envelope.correlation_id) != path_request_id:
+        raise InvalidMessage("correlation_id must be the request_id in the path")
+    message_id, digest = str(envelope.message_id), content_digest(body)
+    existing = session.get(InboxMessage, message_id)
+    if existing is not None:
+        if existing.digest != digest:
+            raise Conflict("this message_id was already received with a different body")
+        return Accepted(200, _receipt(existing, "duplicate"))
+    received_at = now.replace(microsecond=0)
+    due_at = endpoint.handle(session, InboundMessage(envelope, received_at))
+    row = InboxMessage(
+        message_id=message_id,
+        type=endpoint.type,
+        sender=envelope.sender,
+        conversation_id=str(envelope.correlation_id or envelope.message_id),
+        body=body,
+        digest=digest,
+        keyid=signature.keyid,
+        signature_input=signature.signature_input,
+        signature=signature.signature,
+        received_at=received_at,
+        due_at=due_at,
+    )
+    session.add(row)
+    session.flush()
+    return Accepted(202, _receipt(row, "accepted"))
+
+
+def _receipt(row: InboxMessage, status: str) -> bytes:
+    return receipt_body(
+        message_id=row.message_id,
+        status=status,
+        received_at=row.received_at,
+        digest=row.digest,
+        due_at=row.due_at,
+    )
+
+
+def sweep_nonces(session: Session, now: datetime) -> int:
+    """Forget nonces whose signatures can no longer be accepted anyway."""
+    result = session.exec(delete(SeenNonce).where(col(SeenNonce.expires_at) < now))  # type: ignore[call-overload]
+    return int(result.rowcount)

@@ -1,0 +1,260 @@
+"""The outbox relay: claim due rows, deliver them signed, keep the signed receipt, retry or give up.
+
+Never holds a row lock across an HTTP call: claim (a lease) and commit, send, then record.
+A crash mid-delivery leaves the lease to expire; the retry is harmless because the receiver
+deduplicates by ``message_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy import or_, update
+from sqlmodel import Session, col, select
+
+from service.clock import utcnow
+from service.config import Settings
+from service.directory.service import get_peer, resolve_key
+from service.errors import DomainError
+from service.exchange.envelope import Receipt
+from service.exchange.inbox import ReceiptHook
+from service.models import OutboxMessage, OutboxStatus
+from service.signing.http import sign_request, verify_response
+from service.signing.node import NodeSigner
+
+log = logging.getLogger(__name__)
+
+# Problems a later attempt can cure: keys not yet in the peer's directory, clocks, rate limits.
+RETRYABLE_STATUS = {401, 408, 425, 429}
+RETRYABLE_CODES = {"replayed"}
+
+
+@dataclass
+class Attempt:
+    result: Literal["delivered", "retry", "dead"]
+    error: str | None = None
+    status: int | None = None
+    body: bytes | None = None
+    signature_input: str | None = None
+    signature: str | None = None
+    receipt: Receipt | None = None
+
+
+def backoff_delay(attempts: int, base: float, cap: float) -> timedelta:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, base·2^(n-1))."""
+    ceiling = min(cap, base * 2 ** max(attempts - 1, 0))
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        session_factory: Callable[[], Session],
+        signer: NodeSigner,
+        hooks: Mapping[str, ReceiptHook],
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self.signer = signer
+        self.hooks = hooks
+        self.client = client or httpx.Client(timeout=settings.peer_timeout_seconds)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.last_run: datetime | None = None
+
+    def run_once(self) -> int:
+        """One sweep: deliver what is due now; returns how many messages were attempted."""
+        ids = self.claim()
+        for message_id in ids:
+            with self.session_factory() as session:
+                row = session.get(OutboxMessage, message_id)
+                peer = get_peer(session, row.recipient) if row else None
+                url = f"{peer.url}/peer/v1{row.path}" if row and peer else None
+            if row is None:
+                continue
+            attempt = self.deliver(row, url)
+            self.record(row, attempt)
+        self.last_run = utcnow()
+        return len(ids)
+
+    def claim(self) -> list[str]:
+        now = utcnow()
+        due = (
+            (col(OutboxMessage.status) == OutboxStatus.pending)
+            & (col(OutboxMessage.next_attempt_at) <= now)
+            & or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now)
+        )
+        with self.session_factory() as session:
+            query = (
+                select(OutboxMessage.message_id)
+                .where(due)
+                .order_by(col(OutboxMessage.next_attempt_at))
+                .limit(self.settings.relay_batch_size)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(session.exec(query).all())
+            if not ids:
+                return []
+            session.exec(
+                update(OutboxMessage)  # type: ignore[call-overload]
+                .where(col(OutboxMessage.message_id).in_(ids), due)
+                .values(
+                    lease_owner=self.owner,
+                    lease_until=now + timedelta(seconds=self.settings.relay_lease_seconds),
+                    attempts=OutboxMessage.attempts + 1,
+                )
+            )
+            session.commit()
+            mine = session.exec(
+                select(OutboxMessage.message_id).where(
+                    col(OutboxMessage.message_id).in_(ids), OutboxMessage.lease_owner == self.owner
+                )
+            ).all()
+            return list(mine)
+
+    def deliver(self, row: OutboxMessage, url: str | None) -> Attempt:
+        if url is None:
+            return Attempt("retry", f"peer {row.recipient} is not in the directory")
+        headers = sign_request(
+            method="POST",
+            path=f"/peer/v1{row.path}",
+            body=row.body,
+            key=self.signer.private_key,
+            keyid=self.signer.keyid,
+            created=utcnow(),
+            lifetime=timedelta(seconds=self.settings.max_signature_lifetime_seconds),
+        )
+        try:
+            response = self.client.post(url, content=row.body, headers=headers)
+        except httpx.HTTPError as exc:
+            return Attempt("retry", f"{type(exc).__name__}: {exc}")
+        return self._judge(row, response)
+
+    def _judge(self, row: OutboxMessage, response: httpx.Response) -> Attempt:
+        body = response.content
+        with self.session_factory() as session:
+            now = utcnow()
+            try:
+                sig = verify_response(
+                    status=response.status_code,
+                    headers=response.headers.multi_items(),
+                    body=body,
+                    resolve_key=lambda keyid: resolve_key(session, keyid, now),
+                    expected_node=row.recipient,
+                    now=now,
+                    skew_seconds=self.settings.clock_skew_seconds,
+                )
+            except DomainError as exc:
+                return Attempt("retry", f"HTTP {response.status_code}, response not accepted: {exc.detail}")
+        signed = {"status": response.status_code, "body": body}
+        if response.status_code in (200, 202):
+            try:
+                receipt = Receipt.model_validate_json(body)
+            except ValidationError:
+                return Attempt("retry", "receipt does not validate", **signed)
+            if str(receipt.message_id) != row.message_id or receipt.digest != row.digest:
+                return Attempt("retry", "receipt is for another message or body", **signed)
+            return Attempt(
+                "delivered",
+                status=response.status_code,
+                body=body,
+                signature_input=sig.signature_input,
+                signature=sig.signature,
+                receipt=receipt,
+            )
+        code = _problem_code(body)
+        error = f"HTTP {response.status_code} [{code}]"
+        if response.status_code in RETRYABLE_STATUS or response.status_code >= 500 or code in RETRYABLE_CODES:
+            return Attempt("retry", error, **signed)
+        return Attempt("dead", error + ": rejected by the peer", **signed)
+
+    def record(self, row: OutboxMessage, attempt: Attempt) -> None:
+        now = utcnow()
+        with self.session_factory() as session:
+            if attempt.result == "delivered" and attempt.receipt is not None:
+                self._record_delivery(session, row, attempt, now)
+            else:
+                # row.attempts already counts this attempt (claim() increments it).
+                dead = attempt.result == "dead" or row.attempts >= self.settings.relay_max_attempts
+                delay = backoff_delay(
+                    row.attempts,
+                    self.settings.relay_backoff_base_seconds,
+                    self.settings.relay_backoff_cap_seconds,
+                )
+                session.exec(
+                    update(OutboxMessage)  # type: ignore[call-overload]
+                    .where(
+                        col(OutboxMessage.message_id) == row.message_id,
+                        col(OutboxMessage.status) == OutboxStatus.pending,
+                        col(OutboxMessage.lease_owner) == self.owner,
+                    )
+                    .values(
+                        status=OutboxStatus.dead if dead else OutboxStatus.pending,
+                        next_attempt_at=now + delay,
+                        lease_owner=None,
+                        lease_until=None,
+                        last_error=attempt.error,
+                        receipt_status=attempt.status,
+                    )
+                )
+                log.warning(
+                    "delivery failed message_id=%s type=%s recipient=%s attempt=%d dead=%s error=%s",
+                    row.message_id,
+                    row.type,
+                    row.recipient,
+                    row.attempts,
+                    dead,
+                    attempt.error,
+                )
+            session.commit()
+
+    def _record_delivery(self, session: Session, row: OutboxMessage, attempt: Attempt, now: datetime) -> None:
+        receipt = attempt.receipt
+        assert receipt is not None
+        result = session.exec(
+            update(OutboxMessage)  # type: ignore[call-overload]
+            .where(
+                col(OutboxMessage.message_id) == row.message_id,
+                col(OutboxMessage.status) != OutboxStatus.delivered,
+            )
+            .values(
+                status=OutboxStatus.delivered,
+                delivered_at=now,
+                lease_owner=None,
+                lease_until=None,
+                last_error=None,
+                receipt_status=attempt.status,
+                receipt_body=attempt.body,
+                receipt_signature_input=attempt.signature_input,
+                receipt_signature=attempt.signature,
+                receipt_received_at=receipt.received_at,
+                receipt_due_at=receipt.due_at,
+            )
+        )
+        if result.rowcount == 1 and (hook := self.hooks.get(row.type)) is not None:
+            session.flush()
+            fresh = session.get(OutboxMessage, row.message_id)
+            assert fresh is not None
+            hook(session, fresh, receipt)
+        log.info("delivered message_id=%s type=%s recipient=%s", row.message_id, row.type, row.recipient)
+
+
+def _problem_code(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "unknown"
+    return str(data.get("code", "unknown")) if isinstance(data, dict) else "unknown"

@@ -1,0 +1,201 @@
+"""The /peer/v1 routes: every response signed, every request authenticated and stored once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from service.clock import utcnow
+from service.db import SessionDep
+from service.errors import PROBLEM_JSON, DomainError, InvalidMessage
+from service.exchange.envelope import Receipt, canonical_json
+from service.exchange.inbox import Accepted, PeerEndpoint, accept
+from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
+from service.signing.http import sign_response
+from service.signing.node import NodeSigner, node_keys
+
+log = logging.getLogger("yipanqi.security")
+
+PEER_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": {PROBLEM_JSON: {}}}
+    for status, text in {
+        400: "digest_mismatch",
+        401: "signature_missing, signature_invalid, unknown_key, signature_expired",
+        403: "sender_mismatch, recipient_mismatch, forbidden",
+        404: "unknown_request",
+        409: "conflict, replayed",
+        413: "payload_too_large",
+        415: "unsupported_media_type",
+        422: "invalid_message",
+    }.items()
+}
+
+
+def signed(response: Response, signer: NodeSigner) -> Response:
+    headers = sign_response(
+        status=response.status_code,
+        body=bytes(response.body),
+        key=signer.private_key,
+        keyid=signer.keyid,
+        created=utcnow(),
+        content_type=response.headers["content-type"],
+    )
+    for name, value in headers.items():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def problem_response(error: DomainError) -> Response:
+    return Response(canonical_json(error.problem()), status_code=error.status_code, media_type=PROBLEM_JSON)
+
+
+class SignedPeerRoute(APIRoute):
+    """Renders errors as problem+json and signs every response, errors included."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        original = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            try:
+                response = await original(request)
+            except DomainError as exc:
+                log.warning(
+                    "peer request rejected code=%s status=%d path=%s client=%s",
+                    exc.code,
+                    exc.status_code,
+                    request.url.path,
+                    request.client.host if request.client else "-",
+                )
+                response = problem_response(exc)
+            except RequestValidationError:
+                response = problem_response(InvalidMessage("path parameter does not validate"))
+            return signed(response, request.app.state.signer)
+
+        return handler
+
+
+class NodeKeyInfo(BaseModel):
+    keyid: str
+    public_key: str
+    not_before: str | None
+    not_after: str | None
+
+
+class NodeInfo(BaseModel):
+    node_id: str
+    name: str
+    keys: list[NodeKeyInfo]
+    protocol: str = "yipanqi/1"
+
+
+def _accept_once(
+    session: Session,
+    endpoint: PeerEndpoint,
+    peer: PeerRequest,
+    settings: Any,
+    local_node: str,
+    path_id: str | None,
+) -> Accepted:
+    """Accept and commit; a concurrent copy of the same message loses the race and becomes a duplicate."""
+    for attempt in range(2):
+        now = utcnow()
+        expires = peer.signature.expires or now
+        keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
+        try:
+            accepted = accept(
+                session,
+                endpoint,
+                body=peer.body,
+                signature=peer.signature,
+                local_node=local_node,
+                path_request_id=path_id,
+                now=now,
+                nonce_keep_until=keep_until,
+            )
+            session.commit()  # before the receipt leaves: a receipt is a promise
+            return accepted
+        except IntegrityError:
+            session.rollback()
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
+    if endpoint.correlated:
+
+        def correlated(
+            request_id: UUID,
+            peer: VerifiedPeer,
+            session: SessionDep,
+            settings: SettingsDep,
+            signer: SignerDep,
+        ) -> Response:
+            accepted = _accept_once(session, endpoint, peer, settings, signer.node_id, str(request_id))
+            return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
+
+        return correlated
+
+    def plain(peer: VerifiedPeer, session: SessionDep, settings: SettingsDep, signer: SignerDep) -> Response:
+        accepted = _accept_once(session, endpoint, peer, settings, signer.node_id, None)
+        return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
+
+    return plain
+
+
+def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
+    router = APIRouter(prefix="/peer/v1", tags=["peer"])
+
+    @router.get("/node", response_model=NodeInfo, summary="This node's identity and public keys (unsigned)")
+    def node_info(session: SessionDep, signer: SignerDep) -> NodeInfo:
+        keys = [
+            NodeKeyInfo(
+                keyid=k.keyid,
+                public_key=k.public_key,
+                not_before=k.not_before.isoformat() if k.not_before else None,
+                not_after=k.not_after.isoformat() if k.not_after else None,
+            )
+            for k in node_keys(session)
+        ]
+        return NodeInfo(node_id=signer.node_id, name=signer.name, keys=keys)
+
+    signed_router = APIRouter(route_class=SignedPeerRoute)
+    for endpoint in endpoints:
+        signed_router.add_api_route(
+            endpoint.path,
+            _route(endpoint),
+            methods=["POST"],
+            status_code=202,
+            summary=endpoint.summary or endpoint.type,
+            operation_id=endpoint.type.replace(".", "_"),
+            response_model=Receipt,
+            responses={200: {"description": "duplicate of a message already received", "model": Receipt}}
+            | PEER_ERRORS,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": f"#/components/schemas/{envelope_schema_name(endpoint)}"}
+                        }
+                    },
+                }
+            },
+        )
+    router.include_router(signed_router)
+    return router
+
+
+def envelope_schema_name(endpoint: PeerEndpoint) -> str:
+    return "Envelope_" + endpoint.type.replace(".", "_")

@@ -1,0 +1,42 @@
+"""/healthz (the process is alive) and /readyz (it can do its job) for monitoring."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from service.clock import utcnow
+from service.db import new_session
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    checks: dict[str, str] = {}
+    try:
+        with new_session() as session:
+            session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means not ready; say which kind
+        checks["database"] = f"error: {type(exc).__name__}"
+    checks["signing_key"] = "ok" if getattr(state, "signer", None) is not None else "missing"
+    relay = getattr(state, "relay", None)
+    if relay is None or not state.settings.relay_enabled:
+        checks["relay"] = "disabled"
+    else:
+        stale_after = timedelta(seconds=max(30.0, 10 * state.settings.relay_interval_seconds))
+        fresh = relay.last_run is not None and utcnow() - relay.last_run < stale_after
+        checks["relay"] = "ok" if fresh else "stalled"
+    ready = checks["database"] == "ok" and checks["signing_key"] == "ok" and checks["relay"] != "stalled"
+    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    return JSONResponse(body, status_code=200 if ready else 503)

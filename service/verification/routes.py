@@ -1,0 +1,79 @@
+"""Staff API for 协查 cases (thin: the logic is in service.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.db import SessionDep
+from service.errors import PROBLEM_JSON
+from service.exchange.security import SignerDep
+from service.models import CaseStatus, Direction
+from service.staff.dependencies import Actor, Reader
+from service.subjects import NodeId
+from service.verification import service
+from service.verification.schemas import AckCreate, CaseRead, Page, ReplyCreate, VerificationRequestCreate
+
+router = APIRouter(prefix="/api/v1/verification-requests", tags=["协查 verification"])
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"description": "problem", "content": {PROBLEM_JSON: {}}} for s in (401, 403, *statuses)}
+
+
+@router.post("", status_code=201, response_model=CaseRead, responses=_errors(422))
+def create(data: VerificationRequestCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
+    """Send a 协查 request to another county (queued in the outbox, delivered by the relay)."""
+    case = service.create_outgoing(session, signer, data, staff.username)
+    session.commit()
+    assert case.id is not None
+    return service.get_case(session, case.id)
+
+
+@router.get("", response_model=Page, responses=_errors())
+def list_cases(
+    session: SessionDep,
+    _staff: Reader,
+    direction: Direction | None = None,
+    status: CaseStatus | None = None,
+    overdue: bool | None = None,
+    peer: NodeId | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page:
+    """Cases, soonest deadline first; e.g. ``?direction=incoming&status=received`` is the 待办 queue."""
+    items, total = service.list_cases(
+        session,
+        direction=direction,
+        status=status,
+        overdue=overdue,
+        peer=peer,
+        page=page,
+        page_size=page_size,
+    )
+    return Page(items=items, total=total, page=page, page_size=page_size)
+
+
+@router.get("/{case_id}", response_model=CaseRead, responses=_errors(404))
+def read(case_id: int, session: SessionDep, _staff: Reader) -> CaseRead:
+    """One case with its full message history and receipts."""
+    return service.get_case(session, case_id)
+
+
+@router.post("/{case_id}/ack", response_model=CaseRead, responses=_errors(404, 409))
+def acknowledge(
+    case_id: int, data: AckCreate, session: SessionDep, signer: SignerDep, _staff: Actor
+) -> CaseRead:
+    """签收 an incoming request, optionally promising an answer date."""
+    service.acknowledge(session, signer, case_id, data)
+    session.commit()
+    return service.get_case(session, case_id)
+
+
+@router.post("/{case_id}/reply", response_model=CaseRead, responses=_errors(404, 409))
+def reply(case_id: int, data: ReplyCreate, session: SessionDep, signer: SignerDep, _staff: Actor) -> CaseRead:
+    """反馈: answer an incoming request (once; an answered case is closed)."""
+    service.reply(session, signer, case_id, data)
+    session.commit()
+    return service.get_case(session, case_id)

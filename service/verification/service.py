@@ -1,0 +1,339 @@
+"""协查 logic: create, receive, acknowledge (签收) and answer (反馈) verification requests."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import func
+from sqlmodel import Session, col, or_, select
+
+from service import idnumbers
+from service.clock import utcnow
+from service.config import Settings, get_settings
+from service.directory.service import get_peer
+from service.errors import Conflict, Forbidden, NotFound, UnknownRequest, ValidationFailed
+from service.exchange.envelope import Receipt
+from service.exchange.inbox import InboundMessage
+from service.exchange.outbox import enqueue
+from service.models import (
+    CaseStatus,
+    Direction,
+    InboxMessage,
+    OutboxMessage,
+    Priority,
+    Topic,
+    VerificationCase,
+)
+from service.signing.node import NodeSigner
+from service.sla.deadlines import DeadlineRule, due_at
+from service.verification import states
+from service.verification.schemas import (
+    AckCreate,
+    AckPayload,
+    CaseRead,
+    CaseSummary,
+    MessageRead,
+    ReplyCreate,
+    ReplyPayload,
+    RequestPayload,
+    SubjectRead,
+    VerificationRequestCreate,
+)
+
+REQUEST, ACK, REPLY = "verification.request", "verification.ack", "verification.reply"
+
+
+def deadline_rule(settings: Settings, topic: Topic, priority: Priority) -> DeadlineRule:
+    if topic == Topic.certificate_discrepancy:
+        return settings.deadline_discrepancy
+    return settings.deadline_urgent if priority == Priority.urgent else settings.deadline_normal
+
+
+# --- the asking side -------------------------------------------------------------------------
+
+
+def create_outgoing(
+    session: Session, signer: NodeSigner, data: VerificationRequestCreate, staff: str | None
+) -> VerificationCase:
+    if data.recipient == signer.node_id:
+        raise ValidationFailed("a node does not send 协查 requests to itself", field="recipient")
+    if get_peer(session, data.recipient) is None:
+        raise ValidationFailed(f"node {data.recipient} is not in the directory", field="recipient")
+    payload = RequestPayload(**data.model_dump(exclude={"recipient"}))
+    message = enqueue(
+        session,
+        type=REQUEST,
+        sender=signer.node_id,
+        recipient=data.recipient,
+        path="/verification-requests",
+        payload=payload,
+    )
+    case = _new_case(message.message_id, Direction.outgoing, data.recipient, CaseStatus.queued, payload)
+    case.sent_at, case.created_by = message.created_at, staff
+    session.add(case)
+    session.flush()
+    return case
+
+
+def on_request_receipt(session: Session, message: OutboxMessage, receipt: Receipt) -> None:
+    """The origin's receipt starts the clock: keep its received_at and due_at on the case."""
+    case = _case_by_request(session, message.message_id)
+    case.received_at, case.due_at = receipt.received_at, receipt.due_at
+    if states.can_move(case, CaseStatus.delivered):
+        states.move(case, CaseStatus.delivered)
+    _touch(session, case)
+
+
+def receive_ack(session: Session, inbound: InboundMessage[AckPayload]) -> datetime | None:
+    case = _counterparty_case(session, inbound, Direction.outgoing)
+    if case.acknowledged_at is not None or not states.can_move(case, CaseStatus.acknowledged):
+        raise Conflict(f"the request is already {case.status.value}")
+    case.acknowledged_at = inbound.envelope.payload.acknowledged_at
+    case.promised_by = inbound.envelope.payload.promised_by
+    states.move(case, CaseStatus.acknowledged)
+    _touch(session, case)
+    return None
+
+
+def receive_reply(session: Session, inbound: InboundMessage[ReplyPayload]) -> datetime | None:
+    case = _counterparty_case(session, inbound, Direction.outgoing)
+    if not states.can_move(case, CaseStatus.answered):
+        raise Conflict("the request already has a reply")
+    payload = inbound.envelope.payload
+    case.outcome, case.findings, case.answered_at = payload.outcome, payload.findings, payload.answered_at
+    case.reply_received_at = inbound.received_at
+    states.move(case, CaseStatus.answered)
+    _touch(session, case)
+    return None
+
+
+# --- the answering side ----------------------------------------------------------------------
+
+
+def receive_request(session: Session, inbound: InboundMessage[RequestPayload]) -> datetime | None:
+    envelope, payload = inbound.envelope, inbound.envelope.payload
+    case = _new_case(
+        str(envelope.message_id), Direction.incoming, envelope.sender, CaseStatus.received, payload
+    )
+    case.sent_at, case.received_at = envelope.sent_at, inbound.received_at
+    case.due_at = due_at(inbound.received_at, deadline_rule(get_settings(), payload.topic, payload.priority))
+    session.add(case)
+    session.flush()
+    return case.due_at
+
+
+def acknowledge(session: Session, signer: NodeSigner, case_id: int, data: AckCreate) -> VerificationCase:
+    case = _incoming_case(session, case_id)
+    states.move(case, CaseStatus.acknowledged)
+    case.acknowledged_at, case.promised_by = utcnow(), data.promised_by
+    _answer(
+        session,
+        signer,
+        case,
+        ACK,
+        "ack",
+        AckPayload(acknowledged_at=case.acknowledged_at, **data.model_dump()),
+    )
+    return case
+
+
+def reply(session: Session, signer: NodeSigner, case_id: int, data: ReplyCreate) -> VerificationCase:
+    case = _incoming_case(session, case_id)
+    states.move(case, CaseStatus.answered)
+    case.outcome, case.findings, case.answered_at = data.outcome, data.findings, utcnow()
+    payload = ReplyPayload(outcome=data.outcome, findings=data.findings, answered_at=case.answered_at)
+    _answer(session, signer, case, REPLY, "reply", payload)
+    return case
+
+
+def on_reply_receipt(session: Session, message: OutboxMessage, receipt: Receipt) -> None:
+    case = _case_by_request(session, message.conversation_id)
+    case.reply_received_at = receipt.received_at
+    _touch(session, case)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def list_cases(
+    session: Session,
+    *,
+    direction: Direction | None,
+    status: CaseStatus | None,
+    overdue: bool | None,
+    peer: str | None,
+    page: int,
+    page_size: int,
+) -> tuple[list[CaseSummary], int]:
+    now = utcnow()
+    query = select(VerificationCase)
+    if direction is not None:
+        query = query.where(VerificationCase.direction == direction)
+    if status is not None:
+        query = query.where(VerificationCase.status == status)
+    if peer is not None:
+        query = query.where(VerificationCase.peer == peer)
+    is_overdue = (col(VerificationCase.status) != CaseStatus.answered) & (col(VerificationCase.due_at) < now)
+    if overdue is True:
+        query = query.where(is_overdue)
+    elif overdue is False:
+        query = query.where(or_(col(VerificationCase.due_at).is_(None), ~is_overdue))
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    rows = session.exec(
+        query.order_by(
+            col(VerificationCase.due_at).is_(None), col(VerificationCase.due_at), col(VerificationCase.id)
+        )
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    return [summary(c, now) for c in rows], total
+
+
+def get_case(session: Session, case_id: int) -> CaseRead:
+    case = session.get(VerificationCase, case_id)
+    if case is None:
+        raise NotFound(f"no case {case_id}")
+    conversation = case.request_message_id
+    messages = [
+        _outbox_read(m)
+        for m in session.exec(select(OutboxMessage).where(OutboxMessage.conversation_id == conversation))
+    ]
+    messages += [
+        _inbox_read(m)
+        for m in session.exec(select(InboxMessage).where(InboxMessage.conversation_id == conversation))
+    ]
+    messages.sort(key=lambda m: m.at)
+    return CaseRead(
+        **summary(case, utcnow()).model_dump(),
+        subject=SubjectRead(
+            id_number=case.subject_id_number,
+            name=case.subject_name,
+            sex=case.subject_sex.value,
+            birth_date=case.subject_birth_date,
+        ),
+        question=case.question,
+        promised_by=case.promised_by,
+        outcome=case.outcome,
+        findings=case.findings,
+        created_by=case.created_by,
+        messages=messages,
+    )
+
+
+def summary(case: VerificationCase, now: datetime) -> CaseSummary:
+    assert case.id is not None
+    return CaseSummary(
+        id=case.id,
+        request_id=case.request_message_id,
+        direction=case.direction,
+        peer=case.peer,
+        status=case.status,
+        overdue=case.status != CaseStatus.answered and case.due_at is not None and case.due_at < now,
+        subject_id_number_masked=idnumbers.mask(case.subject_id_number),
+        topic=case.topic,
+        priority=case.priority,
+        key_target=case.key_target,
+        reference=case.reference,
+        sent_at=case.sent_at,
+        received_at=case.received_at,
+        due_at=case.due_at,
+        acknowledged_at=case.acknowledged_at,
+        answered_at=case.answered_at,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _new_case(
+    request_id: str, direction: Direction, peer: str, status: CaseStatus, payload: RequestPayload
+) -> VerificationCase:
+    return VerificationCase(
+        request_message_id=request_id,
+        direction=direction,
+        peer=peer,
+        status=status,
+        subject_id_number=payload.subject.id_number,
+        subject_name=payload.subject.name,
+        subject_sex=payload.subject.sex,
+        subject_birth_date=payload.subject.birth_date,
+        topic=payload.topic,
+        priority=payload.priority,
+        key_target=payload.key_target,
+        question=payload.question,
+        reference=payload.reference,
+        sent_at=utcnow(),
+    )
+
+
+def _answer(
+    session: Session, signer: NodeSigner, case: VerificationCase, type: str, suffix: str, payload: Any
+) -> None:
+    enqueue(
+        session,
+        type=type,
+        sender=signer.node_id,
+        recipient=case.peer,
+        path=f"/verification-requests/{case.request_message_id}/{suffix}",
+        payload=payload,
+        correlation_id=UUID(case.request_message_id),
+    )
+    _touch(session, case)
+
+
+def _touch(session: Session, case: VerificationCase) -> None:
+    case.updated_at = utcnow()
+    session.add(case)
+    session.flush()
+
+
+def _case_by_request(session: Session, request_id: str) -> VerificationCase:
+    case = session.exec(
+        select(VerificationCase).where(VerificationCase.request_message_id == request_id)
+    ).first()
+    if case is None:
+        raise UnknownRequest(f"no 协查 request {request_id}")
+    return case
+
+
+def _counterparty_case(
+    session: Session, inbound: InboundMessage[Any], direction: Direction
+) -> VerificationCase:
+    case = _case_by_request(session, str(inbound.envelope.correlation_id))
+    if case.direction != direction or case.peer != inbound.envelope.sender:
+        raise Forbidden("the sender is not this request's counterparty")
+    return case
+
+
+def _incoming_case(session: Session, case_id: int) -> VerificationCase:
+    case = session.get(VerificationCase, case_id)
+    if case is None or case.direction != Direction.incoming:
+        raise NotFound(f"no incoming case {case_id}")
+    return case
+
+
+def _outbox_read(m: OutboxMessage) -> MessageRead:
+    return MessageRead(
+        message_id=m.message_id,
+        type=m.type,
+        direction="sent",
+        status=m.status.value,
+        at=m.created_at,
+        payload=json.loads(m.body)["payload"],
+        receipt=json.loads(m.receipt_body) if m.receipt_body else None,
+        last_error=m.last_error,
+    )
+
+
+def _inbox_read(m: InboxMessage) -> MessageRead:
+    return MessageRead(
+        message_id=m.message_id,
+        type=m.type,
+        direction="received",
+        status="received",
+        at=m.received_at,
+        payload=json.loads(m.body)["payload"],
+    )
