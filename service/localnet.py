@@ -122,13 +122,22 @@ class LocalNode:
 
 
 def build_network(
-    root: Path, specs: list[tuple[str, str]], base_port: int, env_extra: dict[str, str] | None = None
+    root: Path,
+    specs: list[tuple[str, str]],
+    base_port: int,
+    env_extra: dict[str, str] | None = None,
+    database_urls: list[str] | None = None,
 ) -> list[LocalNode]:
-    """Initialise nodes in ``root`` and make every node trust every other one (not started)."""
-    nodes = [
-        LocalNode(node_id, name, base_port + i, root / node_id, dict(env_extra or {}))
-        for i, (node_id, name) in enumerate(specs)
-    ]
+    """Initialise nodes in ``root`` and make every node trust every other one (not started).
+
+    Each node gets its own SQLite file, or the PostgreSQL database given for it.
+    """
+    nodes = []
+    for i, (node_id, name) in enumerate(specs):
+        env = dict(env_extra or {})
+        if database_urls:
+            env["YIPANQI_DATABASE_URL"] = database_urls[i]
+        nodes.append(LocalNode(node_id, name, base_port + i, root / node_id, env))
     for node in nodes:
         node.init()
     for node in nodes:

@@ -44,6 +44,7 @@ from service.verification.schemas import (
 )
 
 REQUEST, ACK, REPLY = "verification.request", "verification.ack", "verification.reply"
+PHASE = {REQUEST: 0, ACK: 1, REPLY: 2}  # a case's history in protocol order
 
 
 def deadline_rule(settings: Settings, topic: Topic, priority: Priority) -> DeadlineRule:
@@ -205,7 +206,7 @@ def get_case(session: Session, case_id: int) -> CaseRead:
         _inbox_read(m)
         for m in session.exec(select(InboxMessage).where(InboxMessage.conversation_id == conversation))
     ]
-    messages.sort(key=lambda m: m.at)
+    messages.sort(key=lambda m: (PHASE.get(m.type, len(PHASE)), m.at))
     return CaseRead(
         **summary(case, utcnow()).model_dump(),
         subject=SubjectRead(

@@ -1,0 +1,128 @@
+"""Shared fixtures: throwaway databases and networks of real node processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.localnet import LocalNode, build_network
+
+PG_ENV = "YIPANQI_TEST_DATABASE_URL"
+# Fast relay timings so tests do not wait on production backoff.
+FAST = {
+    "YIPANQI_RELAY_INTERVAL_SECONDS": "0.2",
+    "YIPANQI_RELAY_BACKOFF_BASE_SECONDS": "0.2",
+    "YIPANQI_RELAY_BACKOFF_CAP_SECONDS": "1",
+    "YIPANQI_RELAY_LEASE_SECONDS": "3",
+    "YIPANQI_PEER_TIMEOUT_SECONDS": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> int:
+    """First of ``n`` consecutive free ports."""
+    for _ in range(50):
+        base = free_port()
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
+
+
+class PostgresServer:
+    """Creates throwaway databases on the test server and drops them at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    def new_database(self) -> str:
+        name = f"yipanqi_test_{uuid.uuid4().hex[:12]}"
+        with self.engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.engine.connect() as conn:
+            for name in self.created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+    server = PostgresServer(url)
+    try:
+        with server.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # unreachable server: say so instead of failing every test
+        pytest.skip(f"PostgreSQL at {PG_ENV} is not reachable: {type(exc).__name__}")
+    yield server
+    server.drop_all()
+
+
+NetworkFactory = Callable[..., list[LocalNode]]
+
+
+def _network_factory(tmp_path: Path, database_for: Callable[[], str] | None) -> Iterator[NetworkFactory]:
+    started: list[LocalNode] = []
+
+    def make(
+        specs: list[tuple[str, str]] | None = None, *, start: bool = True, env: dict[str, str] | None = None
+    ) -> list[LocalNode]:
+        specs = specs or [("410105", "金水区"), ("411627", "太康县")]
+        base = free_ports(len(specs))
+        root = tmp_path / f"net{len(started)}"
+        urls = [database_for() for _ in specs] if database_for is not None else None
+        nodes = build_network(root, specs, base, {**FAST, **(env or {})}, urls)
+        started.extend(nodes)
+        if start:
+            for node in nodes:
+                node.start()
+        return nodes
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def sqlite_network(tmp_path: Path) -> Iterator[NetworkFactory]:
+    yield from _network_factory(tmp_path, None)
+
+
+@pytest.fixture
+def postgres_network(tmp_path: Path, postgres: PostgresServer) -> Iterator[NetworkFactory]:
+    yield from _network_factory(tmp_path, postgres.new_database)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def network(request: pytest.FixtureRequest) -> NetworkFactory:
+    """Both backends: the SQLite default and PostgreSQL (skipped without a server)."""
+    name = "sqlite_network" if request.param == "sqlite" else "postgres_network"
+    factory: NetworkFactory = request.getfixturevalue(name)
+    return factory
