@@ -64,9 +64,8 @@ def init(
     console.print(f"keyid:      {key.keyid}")
     console.print(f"public key: {key.public_key}")
     console.print("peers add this node with:")
-    print(
-        f"  yipanqi peers add --node-id {node_id} --name {name} --url <this node's URL> --key {key.keyid}={key.public_key}"
-    )
+    print(f"  yipanqi peers add --node-id {node_id} --name {name} --url <this node's URL>", end=" ")
+    print(f"--key {key.keyid}={key.public_key}")
 
 
 @app.command()

@@ -34,7 +34,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     with new_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
-    hooks = {e.type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
+    hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
     app.state.relay = Relay(settings, new_session, app.state.signer, hooks)
     scheduler = build_scheduler(settings, app.state.relay)
     scheduler.start()

@@ -36,7 +36,7 @@ class PeerEndpoint:
     """One row of PROTOCOL.md's endpoint table, with the domain code for both sides."""
 
     path: str  # below /peer/v1; ``{request_id}`` where the message answers a request
-    type: str
+    message_type: str
     payload: type[BaseModel]
     handle: InboundHandler
     on_receipt: ReceiptHook | None = None
@@ -47,7 +47,8 @@ class PeerEndpoint:
         return "{" in self.path
 
     def envelope_model(self) -> type[Envelope[Any]]:
-        return Envelope[self.payload]  # type: ignore[name-defined]
+        model: type[Envelope[Any]] = Envelope[self.payload]  # type: ignore[name-defined]
+        return model
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,8 @@ def accept(
         raise SenderMismatch(f"sender {envelope.sender} is not the signing node {signer_node}")
     if envelope.recipient != local_node:
         raise RecipientMismatch(f"this is node {local_node}, not {envelope.recipient}")
-    if envelope.type != endpoint.type:
-        raise InvalidMessage(f"type must be {endpoint.type!r} on this endpoint")
+    if envelope.type != endpoint.message_type:
+        raise InvalidMessage(f"type must be {endpoint.message_type!r} on this endpoint")
     if endpoint.correlated and str(envelope.correlation_id) != path_request_id:
         raise InvalidMessage("correlation_id must be the request_id in the path")
     message_id, digest = str(envelope.message_id), content_digest(body)
@@ -113,7 +114,7 @@ def accept(
     due_at = endpoint.handle(session, InboundMessage(envelope, received_at))
     row = InboxMessage(
         message_id=message_id,
-        type=endpoint.type,
+        type=endpoint.message_type,
         sender=envelope.sender,
         conversation_id=str(envelope.correlation_id or envelope.message_id),
         body=body,
@@ -141,5 +142,5 @@ def _receipt(row: InboxMessage, status: str) -> bytes:
 
 def sweep_nonces(session: Session, now: datetime) -> int:
     """Forget nonces whose signatures can no longer be accepted anyway."""
-    result = session.exec(delete(SeenNonce).where(col(SeenNonce.expires_at) < now))  # type: ignore[call-overload]
+    result = session.exec(delete(SeenNonce).where(col(SeenNonce.expires_at) < now))
     return int(result.rowcount)

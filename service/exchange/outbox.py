@@ -88,6 +88,6 @@ def requeue_dead(session: Session, message_id: str | None = None) -> int:
     )
     if message_id is not None:
         stmt = stmt.where(col(OutboxMessage.message_id) == message_id)
-    result = session.exec(stmt)  # type: ignore[call-overload]
+    result = session.exec(stmt)
     session.flush()
     return int(result.rowcount)

@@ -109,7 +109,7 @@ class Relay:
             if not ids:
                 return []
             session.exec(
-                update(OutboxMessage)  # type: ignore[call-overload]
+                update(OutboxMessage)
                 .where(col(OutboxMessage.message_id).in_(ids), due)
                 .values(
                     lease_owner=self.owner,
@@ -159,14 +159,14 @@ class Relay:
                 )
             except DomainError as exc:
                 return Attempt("retry", f"HTTP {response.status_code}, response not accepted: {exc.detail}")
-        signed = {"status": response.status_code, "body": body}
+        status = response.status_code
         if response.status_code in (200, 202):
             try:
                 receipt = Receipt.model_validate_json(body)
             except ValidationError:
-                return Attempt("retry", "receipt does not validate", **signed)
+                return Attempt("retry", "receipt does not validate", status, body)
             if str(receipt.message_id) != row.message_id or receipt.digest != row.digest:
-                return Attempt("retry", "receipt is for another message or body", **signed)
+                return Attempt("retry", "receipt is for another message or body", status, body)
             return Attempt(
                 "delivered",
                 status=response.status_code,
@@ -178,8 +178,8 @@ class Relay:
         code = _problem_code(body)
         error = f"HTTP {response.status_code} [{code}]"
         if response.status_code in RETRYABLE_STATUS or response.status_code >= 500 or code in RETRYABLE_CODES:
-            return Attempt("retry", error, **signed)
-        return Attempt("dead", error + ": rejected by the peer", **signed)
+            return Attempt("retry", error, status, body)
+        return Attempt("dead", error + ": rejected by the peer", status, body)
 
     def record(self, row: OutboxMessage, attempt: Attempt) -> None:
         now = utcnow()
@@ -195,7 +195,7 @@ class Relay:
                     self.settings.relay_backoff_cap_seconds,
                 )
                 session.exec(
-                    update(OutboxMessage)  # type: ignore[call-overload]
+                    update(OutboxMessage)
                     .where(
                         col(OutboxMessage.message_id) == row.message_id,
                         col(OutboxMessage.status) == OutboxStatus.pending,
@@ -225,7 +225,7 @@ class Relay:
         receipt = attempt.receipt
         assert receipt is not None
         result = session.exec(
-            update(OutboxMessage)  # type: ignore[call-overload]
+            update(OutboxMessage)
             .where(
                 col(OutboxMessage.message_id) == row.message_id,
                 col(OutboxMessage.status) != OutboxStatus.delivered,

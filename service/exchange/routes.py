@@ -41,6 +41,11 @@ PEER_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+DUPLICATE: dict[int | str, dict[str, Any]] = {
+    200: {"description": "duplicate of a message already received", "model": Receipt}
+}
+
+
 def signed(response: Response, signer: NodeSigner) -> Response:
     headers = sign_response(
         status=response.status_code,
@@ -177,11 +182,10 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             _route(endpoint),
             methods=["POST"],
             status_code=202,
-            summary=endpoint.summary or endpoint.type,
-            operation_id=endpoint.type.replace(".", "_"),
+            summary=endpoint.summary or endpoint.message_type,
+            operation_id=endpoint.message_type.replace(".", "_"),
             response_model=Receipt,
-            responses={200: {"description": "duplicate of a message already received", "model": Receipt}}
-            | PEER_ERRORS,
+            responses={**DUPLICATE, **PEER_ERRORS},
             openapi_extra={
                 "requestBody": {
                     "required": True,
@@ -198,4 +202,4 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
 
 
 def envelope_schema_name(endpoint: PeerEndpoint) -> str:
-    return "Envelope_" + endpoint.type.replace(".", "_")
+    return "Envelope_" + endpoint.message_type.replace(".", "_")

@@ -96,7 +96,7 @@ class _Response:
     request: None = field(default=None)
 
 
-class _OneKey(HTTPSignatureKeyResolver):  # type: ignore[misc]
+class _OneKey(HTTPSignatureKeyResolver):
     def __init__(self, private: Ed25519PrivateKey | None = None, public: Ed25519PublicKey | None = None):
         self.private, self.public = private, public
 
@@ -107,7 +107,7 @@ class _OneKey(HTTPSignatureKeyResolver):  # type: ignore[misc]
         return self.public
 
 
-class _ClockedVerifier(HTTPMessageVerifier):  # type: ignore[misc]
+class _ClockedVerifier(HTTPMessageVerifier):
     """Time windows are checked by ``verify_request`` against the node's clock, not the library's."""
 
     def validate_created_and_expires(self, sig_input: Any, max_age: Any = None) -> None:  # noqa: ARG002
@@ -116,10 +116,8 @@ class _ClockedVerifier(HTTPMessageVerifier):  # type: ignore[misc]
 
 def _reorder(prepared: PreparedSignature, order: tuple[str, ...]) -> PreparedSignature:
     """The library writes parameters in its own order; PROTOCOL.md fixes another one."""
-    ((label, (components, params)),) = http_sf.parse(
-        f"{LABEL}={prepared.signature_params}".encode(), tltype="dictionary"
-    ).items()
-    del label
+    parsed: Any = http_sf.parse(f"{LABEL}={prepared.signature_params}".encode(), tltype="dictionary")
+    components, params = parsed[LABEL]
     ordered = {name: params[name] for name in order if name in params}
     params_text = str(http_sf.ser({LABEL: (components, ordered)}))[len(LABEL) + 1 :]
     lines = prepared.signature_base.decode("ascii").split("\n")
@@ -189,8 +187,8 @@ def _parse_signature(headers: _Headers) -> tuple[list[str], dict[str, Any], str,
     if not sig_input or not sig:
         raise SignatureMissing("Signature-Input and Signature headers are required")
     try:
-        inputs = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")
-        signatures = http_sf.parse(sig.encode("ascii"), tltype="dictionary")
+        inputs: Any = http_sf.parse(sig_input.encode("ascii"), tltype="dictionary")
+        signatures: Any = http_sf.parse(sig.encode("ascii"), tltype="dictionary")
     except (ValueError, UnicodeEncodeError) as exc:
         raise SignatureMissing("Signature-Input or Signature is not a structured-field dictionary") from exc
     if LABEL not in inputs or LABEL not in signatures:
@@ -240,7 +238,7 @@ def _verify_crypto(message: _Request | _Response, key: Ed25519PublicKey, compone
 def _check_digest(headers: _Headers, body: bytes) -> None:
     digest = headers.get("Content-Digest")
     try:
-        parsed = http_sf.parse(digest.encode("ascii"), tltype="dictionary") if digest else {}
+        parsed: Any = http_sf.parse(digest.encode("ascii"), tltype="dictionary") if digest else {}
     except (ValueError, UnicodeEncodeError) as exc:
         raise DigestMismatch("Content-Digest is malformed") from exc
     member = parsed.get("sha-256")

@@ -9,7 +9,7 @@ from service.verification.schemas import AckPayload, ReplyPayload, RequestPayloa
 ENDPOINTS = (
     PeerEndpoint(
         path="/verification-requests",
-        type=service.REQUEST,
+        message_type=service.REQUEST,
         payload=RequestPayload,
         handle=service.receive_request,
         on_receipt=service.on_request_receipt,
@@ -17,14 +17,14 @@ ENDPOINTS = (
     ),
     PeerEndpoint(
         path="/verification-requests/{request_id}/ack",
-        type=service.ACK,
+        message_type=service.ACK,
         payload=AckPayload,
         handle=service.receive_ack,
         summary="签收: the request is in the origin's queue",
     ),
     PeerEndpoint(
         path="/verification-requests/{request_id}/reply",
-        type=service.REPLY,
+        message_type=service.REPLY,
         payload=ReplyPayload,
         handle=service.receive_reply,
         on_receipt=service.on_reply_receipt,
