@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -174,3 +175,29 @@ def show_public_key() -> None:
     with new_session() as session:
         signer = node_identity.load_signer(session, get_settings().keys_dir)
     print(f"{signer.keyid}={public_key_text(signer.private_key.public_key())}")
+
+
+@app.command("contracts")
+def contracts_command(
+    check: Annotated[
+        bool, typer.Option("--check", help="change nothing; exit 1 and name the files that drifted")
+    ] = False,
+    root: Annotated[Path | None, typer.Option(help="project root (default: this checkout)")] = None,
+) -> None:
+    """Write openapi/openapi.json and schemas/*.json from the code (peers build against them)."""
+    from service import contracts
+
+    root = root or contracts.default_root()
+    if check:
+        drifted = contracts.drifted(root)
+        for entry in drifted:
+            console.print(f"[red]drifted:[/red] {entry}")
+        if drifted:
+            console.print("run `yipanqi contracts` and commit the result (a protocol change needs /peer/v2)")
+            raise typer.Exit(1)
+        console.print(f"contracts up to date in {root}")
+        return
+    changed = contracts.write(root)
+    for path in changed:
+        console.print(f"wrote {path}")
+    console.print(f"{len(changed)} file(s) changed in {root}")

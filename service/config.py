@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     relay_enabled: bool = True
     relay_interval_seconds: float = Field(default=1.0, gt=0)
     relay_batch_size: int = Field(default=20, gt=0)
+    relay_concurrency: int = Field(default=4, gt=0, le=64)
     relay_lease_seconds: int = Field(default=60, gt=0)
     relay_max_attempts: int = Field(default=30, gt=0)
     relay_backoff_base_seconds: float = Field(default=2.0, gt=0)

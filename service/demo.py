@@ -74,6 +74,8 @@ def _case(node: LocalNode, request_id: str) -> dict[str, Any] | None:
 
 
 def run_demo(console: Console, *, base_port: int, once: bool) -> int:
+    if not console.is_terminal:
+        console.width = max(console.width, 110)
     root = Path(tempfile.mkdtemp(prefix="yipanqi-demo-"))
     console.print(f"[bold]一盘棋 yipanqi demo[/bold]: three nodes, data in {root}")
     nodes = build_network(root, NODES, base_port, {"YIPANQI_RELAY_INTERVAL_SECONDS": "0.3"})

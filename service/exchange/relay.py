@@ -14,6 +14,7 @@ import random
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -77,17 +78,23 @@ class Relay:
     def run_once(self) -> int:
         """One sweep: deliver what is due now; returns how many messages were attempted."""
         ids = self.claim()
-        for message_id in ids:
-            with self.session_factory() as session:
-                row = session.get(OutboxMessage, message_id)
-                peer = get_peer(session, row.recipient) if row else None
-                url = f"{peer.url}/peer/v1{row.path}" if row and peer else None
-            if row is None:
-                continue
-            attempt = self.deliver(row, url)
-            self.record(row, attempt)
+        if len(ids) > 1 and self.settings.relay_concurrency > 1:
+            # One slow or unreachable peer must not hold up the others for a whole timeout each.
+            with ThreadPoolExecutor(max_workers=self.settings.relay_concurrency) as pool:
+                list(pool.map(self._deliver_one, ids))
+        else:
+            for message_id in ids:
+                self._deliver_one(message_id)
         self.last_run = utcnow()
         return len(ids)
+
+    def _deliver_one(self, message_id: str) -> None:
+        with self.session_factory() as session:
+            row = session.get(OutboxMessage, message_id)
+            peer = get_peer(session, row.recipient) if row else None
+            url = f"{peer.url}/peer/v1{row.path}" if row and peer else None
+        if row is not None:
+            self.record(row, self.deliver(row, url))
 
     def claim(self) -> list[str]:
         now = utcnow()
