@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlmodel import Session
 
-_TOKEN = re.compile(r"^yp_[0-9]+_\S+$", re.M)
-_KEY = re.compile(r"--key (\S+=\S+)")
+from service.db import make_engine
+from service.directory.service import KeySpec, add_peer
+from service.migrations import upgrade
+from service.models import Role
+from service.signing.node import init_node
+from service.staff.service import create_staff
 
 
 @dataclass
@@ -52,35 +56,38 @@ class LocalNode:
             raise RuntimeError(f"yipanqi {' '.join(args[:2])} failed: {result.stdout}{result.stderr}")
         return result.stdout
 
-    def init(self) -> None:
-        out = self.cli("init", "--node-id", self.node_id, "--name", self.name)
-        match = _KEY.search(out)
-        if match is None:
-            raise RuntimeError(f"init printed no key: {out}")
-        self.public_key = match.group(1)
-        self.token = self._staff("operator")
-        self.admin_token = self._staff("admin")
+    @property
+    def database_url(self) -> str:
+        return (
+            self.env_extra.get("YIPANQI_DATABASE_URL")
+            or f"sqlite:///{(self.data_dir / 'yipanqi.db').resolve()}"
+        )
 
-    def _staff(self, role: str) -> str:
-        out = self.cli("staff", "add", "--username", f"{role}-{self.node_id}", "--role", role)
-        match = _TOKEN.search(out)
-        if match is None:
-            raise RuntimeError("staff add printed no token")
-        return match.group(0)
+    def init(self) -> None:
+        """What ``yipanqi init`` and ``staff add`` do, in-process (a CLI start costs a second or two)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(self.database_url)
+        try:
+            upgrade(engine)
+            with Session(engine, expire_on_commit=False) as session:
+                key = init_node(session, self.data_dir / "keys", node_id=self.node_id, name=self.name)
+                self.public_key = f"{key.keyid}={key.public_key}"
+                self.token = create_staff(session, username=f"operator-{self.node_id}", role=Role.operator)[1]
+                self.admin_token = create_staff(session, username=f"admin-{self.node_id}", role=Role.admin)[1]
+                session.commit()
+        finally:
+            engine.dispose()
 
     def trust(self, other: LocalNode) -> None:
-        self.cli(
-            "peers",
-            "add",
-            "--node-id",
-            other.node_id,
-            "--name",
-            other.name,
-            "--url",
-            other.url,
-            "--key",
-            other.public_key,
-        )
+        """``yipanqi peers add`` for ``other``, in-process."""
+        engine = make_engine(self.database_url)
+        try:
+            with Session(engine) as session:
+                keys = [KeySpec.parse(other.public_key)]
+                add_peer(session, node_id=other.node_id, name=other.name, url=other.url, keys=keys)
+                session.commit()
+        finally:
+            engine.dispose()
 
     def start(self, log_path: Path | None = None) -> None:
         log = open(log_path or self.data_dir / "node.log", "ab")
