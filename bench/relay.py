@@ -48,17 +48,29 @@ def free_port_pair() -> int:
 
 def run(messages: int, concurrency: int, stalled: int) -> float:
     root = Path(tempfile.mkdtemp(prefix="yipanqi-bench-"))
-    env = {"YIPANQI_RELAY_CONCURRENCY": str(concurrency), "YIPANQI_RELAY_INTERVAL_SECONDS": "0.05",
-           "YIPANQI_RELAY_BATCH_SIZE": "50", "YIPANQI_LOG_LEVEL": "WARNING", "YIPANQI_PEER_TIMEOUT_SECONDS": "2"}
-    sender, receiver = build_network(root, [("410105", "金水区"), ("411627", "太康县")], free_port_pair(), env)
+    env = {
+        "YIPANQI_RELAY_CONCURRENCY": str(concurrency),
+        "YIPANQI_RELAY_INTERVAL_SECONDS": "0.05",
+        "YIPANQI_RELAY_BATCH_SIZE": "50",
+        "YIPANQI_LOG_LEVEL": "WARNING",
+        "YIPANQI_PEER_TIMEOUT_SECONDS": "2",
+    }
+    sender, receiver = build_network(
+        root, [("410105", "金水区"), ("411627", "太康县")], free_port_pair(), env
+    )
     engine = make_engine(sender.database_url)
     # A peer that accepts connections and never answers (a hung proxy): each try waits for the timeout.
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
     hung.listen(1024)
     with Session(engine) as session:
-        add_peer(session, node_id="110105", name="朝阳区", url=f"http://127.0.0.1:{hung.getsockname()[1]}",
-                 keys=[KeySpec.parse(receiver.public_key.replace("411627", "110105"))])
+        add_peer(
+            session,
+            node_id="110105",
+            name="朝阳区",
+            url=f"http://127.0.0.1:{hung.getsockname()[1]}",
+            keys=[KeySpec.parse(receiver.public_key.replace("411627", "110105"))],
+        )
         session.commit()
     receiver.start()
     sender.start()
@@ -66,12 +78,22 @@ def run(messages: int, concurrency: int, stalled: int) -> float:
         with Session(engine) as session:
             signer = load_signer(session, sender.data_dir / "keys")
             for i in range(stalled):
-                data = VerificationRequestCreate(recipient="110105", subject=SUBJECT, topic=Topic.marital_status,
-                                                 priority=Priority.normal, question=f"stalled {i}")
+                data = VerificationRequestCreate(
+                    recipient="110105",
+                    subject=SUBJECT,
+                    topic=Topic.marital_status,
+                    priority=Priority.normal,
+                    question=f"stalled {i}",
+                )
                 create_outgoing(session, signer, data, "bench")
             for i in range(messages):
-                data = VerificationRequestCreate(recipient="411627", subject=SUBJECT, topic=Topic.marital_status,
-                                                 priority=Priority.normal, question=f"bench {i}")
+                data = VerificationRequestCreate(
+                    recipient="411627",
+                    subject=SUBJECT,
+                    topic=Topic.marital_status,
+                    priority=Priority.normal,
+                    question=f"bench {i}",
+                )
                 create_outgoing(session, signer, data, "bench")
             session.commit()  # the running relay sees them all at once from here
         start = time.perf_counter()

@@ -37,24 +37,45 @@ def main() -> None:
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     now = datetime.now(UTC)
-    headers = sign_request(method="POST", path="/peer/v1/verification-requests", body=body, key=key,
-                           keyid="410105/k1", created=now)
+    headers = sign_request(
+        method="POST",
+        path="/peer/v1/verification-requests",
+        body=body,
+        key=key,
+        keyid="410105/k1",
+        created=now,
+    )
     base = b"x" * 400  # about the size of a signature base
 
     def bare() -> None:
         public.verify(key.sign(base), base)
 
     def protocol_sign() -> None:
-        sign_request(method="POST", path="/peer/v1/verification-requests", body=body, key=key,
-                     keyid="410105/k1", created=now)
+        sign_request(
+            method="POST",
+            path="/peer/v1/verification-requests",
+            body=body,
+            key=key,
+            keyid="410105/k1",
+            created=now,
+        )
 
     def protocol_verify() -> None:
-        verify_request(method="POST", path="/peer/v1/verification-requests", headers=headers.items(), body=body,
-                       resolve_key=lambda _k: public, now=now)
+        verify_request(
+            method="POST",
+            path="/peer/v1/verification-requests",
+            headers=headers.items(),
+            body=body,
+            resolve_key=lambda _k: public,
+            now=now,
+        )
 
     baseline = rate(bare, n)
-    results = {"bare ed25519 sign+verify": baseline, "sign_request": rate(protocol_sign, n),
-               "verify_request": rate(protocol_verify, n)}
+    results = {
+        "bare ed25519 sign+verify": baseline,
+        "sign_request": rate(protocol_sign, n),
+        "verify_request": rate(protocol_verify, n),
+    }
     print(f"{'operation':<28}{'ops/s':>10}{'vs baseline':>14}")
     for name, value in results.items():
         print(f"{name:<28}{value:>10.0f}{value / baseline:>13.2f}x")
