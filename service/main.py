@@ -16,7 +16,7 @@ from service.db import new_session
 from service.errors import DomainError, ValidationFailed
 from service.exchange import admin as exchange_admin
 from service.exchange.inbox import PeerEndpoint
-from service.exchange.relay import Relay
+from service.exchange.relay import Relay, RelayWorker
 from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response
 from service.health import routes as health
 from service.scheduler import build_scheduler
@@ -36,13 +36,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.signer = load_signer(session, settings.keys_dir)
     hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
     app.state.relay = Relay(settings, new_session, app.state.signer, hooks)
-    scheduler = build_scheduler(settings, app.state.relay)
+    worker = RelayWorker(app.state.relay, settings.relay_interval_seconds)
+    app.state.relay_worker = worker
+    if settings.relay_enabled:
+        worker.start()
+    scheduler = build_scheduler()
     scheduler.start()
     log.info("node ready node_id=%s keyid=%s", app.state.signer.node_id, app.state.signer.keyid)
     try:
         yield
     finally:
         scheduler.shutdown(wait=True)
+        worker.stop()
         app.state.relay.client.close()
 
 

@@ -7,16 +7,8 @@ import logging
 from service.clock import utcnow
 from service.db import new_session
 from service.exchange.inbox import sweep_nonces
-from service.exchange.relay import Relay
 
 log = logging.getLogger(__name__)
-
-
-def relay_job(relay: Relay) -> None:
-    try:
-        relay.run_once()
-    except Exception:  # keep the schedule alive; the next tick retries
-        log.exception("relay sweep failed")
 
 
 def nonce_sweep_job() -> None:

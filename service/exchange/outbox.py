@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from uuid import UUID
 
 import uuid6
 from pydantic import BaseModel
-from sqlalchemy import func, update
+from sqlalchemy import event, func, update
 from sqlmodel import Session, col, select
 
 from service.clock import utcnow
@@ -51,7 +52,29 @@ def enqueue(
     )
     session.add(row)
     session.flush()
+    session.info[_ENQUEUED] = True
     return row
+
+
+_ENQUEUED = "yipanqi.outbox_enqueued"
+_listeners: list[Callable[[], None]] = []
+
+
+def on_outbox_commit(callback: Callable[[], None]) -> None:
+    """Call ``callback`` after any commit that put a message in the outbox (wakes the relay)."""
+    _listeners.append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_ENQUEUED, False):
+        for callback in _listeners:
+            callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_ENQUEUED, None)
 
 
 def list_messages(

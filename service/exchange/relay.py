@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from service.directory.service import get_peer, resolve_key
 from service.errors import DomainError
 from service.exchange.envelope import Receipt
 from service.exchange.inbox import ReceiptHook
+from service.exchange.outbox import on_outbox_commit
 from service.models import OutboxMessage, OutboxStatus
 from service.signing.http import sign_request, verify_response
 from service.signing.node import NodeSigner
@@ -73,10 +75,12 @@ class Relay:
         self.hooks = hooks
         self.client = client or httpx.Client(timeout=settings.peer_timeout_seconds)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.last_run: datetime | None = None
+        # Last sign of life: a sweep started or a delivery finished (for /readyz).
+        self.heartbeat: datetime | None = None
 
     def run_once(self) -> int:
         """One sweep: deliver what is due now; returns how many messages were attempted."""
+        self.heartbeat = utcnow()
         ids = self.claim()
         if len(ids) > 1 and self.settings.relay_concurrency > 1:
             # One slow or unreachable peer must not hold up the others for a whole timeout each.
@@ -85,7 +89,6 @@ class Relay:
         else:
             for message_id in ids:
                 self._deliver_one(message_id)
-        self.last_run = utcnow()
         return len(ids)
 
     def _deliver_one(self, message_id: str) -> None:
@@ -95,6 +98,7 @@ class Relay:
             url = f"{peer.url}/peer/v1{row.path}" if row and peer else None
         if row is not None:
             self.record(row, self.deliver(row, url))
+        self.heartbeat = utcnow()
 
     def claim(self) -> list[str]:
         now = utcnow()
@@ -265,3 +269,42 @@ def _problem_code(body: bytes) -> str:
     except ValueError:
         return "unknown"
     return str(data.get("code", "unknown")) if isinstance(data, dict) else "unknown"
+
+
+class RelayWorker:
+    """Runs the relay in its own thread: back to back while there is work, otherwise waiting for
+    the interval or for a commit that put something in the outbox (whichever comes first)."""
+
+    def __init__(self, relay: Relay, interval: float) -> None:
+        self.relay = relay
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="outbox-relay", daemon=True)
+
+    def start(self) -> None:
+        on_outbox_commit(self.wake)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()  # a wake-up during the sweep below is kept for the next round
+            try:
+                busy = self.relay.run_once() > 0
+            except Exception:  # a database hiccup must not end delivery for good
+                log.exception("relay sweep failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self.interval)

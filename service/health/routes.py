@@ -30,12 +30,18 @@ def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # any failure means not ready; say which kind
         checks["database"] = f"error: {type(exc).__name__}"
     checks["signing_key"] = "ok" if getattr(state, "signer", None) is not None else "missing"
-    relay = getattr(state, "relay", None)
-    if relay is None or not state.settings.relay_enabled:
+    worker = getattr(state, "relay_worker", None)
+    if worker is None or not state.settings.relay_enabled:
         checks["relay"] = "disabled"
     else:
-        stale_after = timedelta(seconds=max(30.0, 10 * state.settings.relay_interval_seconds))
-        fresh = relay.last_run is not None and utcnow() - relay.last_run < stale_after
+        # A delivery waits at most the peer timeout, so a live relay beats well within this.
+        stale_after = timedelta(
+            seconds=max(
+                30.0, 3 * state.settings.peer_timeout_seconds, 10 * state.settings.relay_interval_seconds
+            )
+        )
+        beat = worker.relay.heartbeat
+        fresh = worker.alive and beat is not None and utcnow() - beat < stale_after
         checks["relay"] = "ok" if fresh else "stalled"
     ready = checks["database"] == "ok" and checks["signing_key"] == "ok" and checks["relay"] != "stalled"
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
