@@ -12,6 +12,7 @@ from service.db import SessionDep
 from service.exchange import outbox
 from service.models import OutboxStatus
 from service.staff.dependencies import Admin
+from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/outbox", tags=["exchange"])
 
@@ -50,15 +51,17 @@ def list_outbox(
 
 
 @router.post("/dead/requeue", response_model=Requeued)
-def requeue_all(session: SessionDep, _staff: Admin) -> Requeued:
+def requeue_all(session: SessionDep, staff: Admin) -> Requeued:
     """Re-run every dead message with a fresh retry budget."""
     count = outbox.requeue_dead(session)
     session.commit()
+    audit(staff, "outbox.requeue", f"dead:{count}")
     return Requeued(requeued=count)
 
 
 @router.post("/{message_id}/requeue", response_model=Requeued)
-def requeue_one(message_id: str, session: SessionDep, _staff: Admin) -> Requeued:
+def requeue_one(message_id: str, session: SessionDep, staff: Admin) -> Requeued:
     count = outbox.requeue_dead(session, message_id)
     session.commit()
+    audit(staff, "outbox.requeue", f"message:{message_id}")
     return Requeued(requeued=count)

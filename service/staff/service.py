@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
@@ -16,6 +17,7 @@ from service.errors import NotAuthenticated, ValidationFailed
 from service.models import Role, Staff
 
 _hasher = PasswordHasher()
+_audit = logging.getLogger("yipanqi.audit")
 _TOKEN = re.compile(r"^yp_([0-9]+)_([A-Za-z0-9_-]{20,100})$")
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,64}$")
 # argon2 is slow on purpose; remember a verified token briefly so each request does not pay for it.
@@ -57,3 +59,8 @@ def authenticate(session: Session, token: str) -> Staff:
     with _cache_lock:
         _cache[fingerprint] = (now + _CACHE_SECONDS, staff.id or 0)
     return staff
+
+
+def audit(staff: Staff, action: str, target: str) -> None:
+    """Who did or read what, for the access log personal data needs (ids only, never the data)."""
+    _audit.info("staff=%s role=%s action=%s target=%s", staff.username, staff.role.value, action, target)

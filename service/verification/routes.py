@@ -11,6 +11,7 @@ from service.errors import PROBLEM_JSON
 from service.exchange.security import SignerDep
 from service.models import CaseStatus, Direction
 from service.staff.dependencies import Actor, Reader
+from service.staff.service import audit
 from service.subjects import NodeId
 from service.verification import service
 from service.verification.schemas import AckCreate, CaseRead, Page, ReplyCreate, VerificationRequestCreate
@@ -28,6 +29,7 @@ def create(data: VerificationRequestCreate, session: SessionDep, signer: SignerD
     case = service.create_outgoing(session, signer, data, staff.username)
     session.commit()
     assert case.id is not None
+    audit(staff, "verification.create", f"case:{case.id}")
     return service.get_case(session, case.id)
 
 
@@ -56,24 +58,28 @@ def list_cases(
 
 
 @router.get("/{case_id}", response_model=CaseRead, responses=_errors(404))
-def read(case_id: int, session: SessionDep, _staff: Reader) -> CaseRead:
+def read(case_id: int, session: SessionDep, staff: Reader) -> CaseRead:
     """One case with its full message history and receipts."""
-    return service.get_case(session, case_id)
+    case = service.get_case(session, case_id)
+    audit(staff, "verification.read", f"case:{case_id}")
+    return case
 
 
 @router.post("/{case_id}/ack", response_model=CaseRead, responses=_errors(404, 409))
 def acknowledge(
-    case_id: int, data: AckCreate, session: SessionDep, signer: SignerDep, _staff: Actor
+    case_id: int, data: AckCreate, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> CaseRead:
     """签收 an incoming request, optionally promising an answer date."""
     service.acknowledge(session, signer, case_id, data)
     session.commit()
+    audit(staff, "verification.ack", f"case:{case_id}")
     return service.get_case(session, case_id)
 
 
 @router.post("/{case_id}/reply", response_model=CaseRead, responses=_errors(404, 409))
-def reply(case_id: int, data: ReplyCreate, session: SessionDep, signer: SignerDep, _staff: Actor) -> CaseRead:
+def reply(case_id: int, data: ReplyCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
     """反馈: answer an incoming request (once; an answered case is closed)."""
     service.reply(session, signer, case_id, data)
     session.commit()
+    audit(staff, "verification.reply", f"case:{case_id}")
     return service.get_case(session, case_id)
