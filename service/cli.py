@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +30,19 @@ staff_app = typer.Typer(help="Staff accounts of the county bureau.", no_args_is_
 app.add_typer(peers_app, name="peers")
 app.add_typer(staff_app, name="staff")
 console = Console()
+
+
+@app.callback()
+def _settings_first() -> None:
+    """Refuse to run with a setting that makes no sense, naming the environment variable."""
+    try:
+        get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "YIPANQI_" + "__".join(str(part) for part in error["loc"]).upper()
+            where = f" {name}" if error["loc"] else ""
+            console.print(f"[red]invalid setting{where}:[/red] {error['msg']}")
+        raise typer.Exit(2) from None
 
 
 def _fail(message: str) -> None:

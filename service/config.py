@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.sla.deadlines import DeadlineRule
@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     deadline_urgent: DeadlineRule = DeadlineRule(days=15)
     deadline_normal: DeadlineRule = DeadlineRule(days=30)
     deadline_discrepancy: DeadlineRule = DeadlineRule(days=7)
+
+    @field_validator("deadline_urgent", "deadline_normal", "deadline_discrepancy", mode="before")
+    @classmethod
+    def _deadline_over_default(cls, value: Any, info: ValidationInfo) -> Any:
+        """``YIPANQI_DEADLINE_NORMAL__UNIT=working`` alone keeps the default number of days."""
+        if isinstance(value, dict) and info.field_name is not None:
+            default = cls.model_fields[info.field_name].default
+            return {**default.model_dump(), **value}
+        return value
 
     @property
     def effective_database_url(self) -> str:

@@ -65,7 +65,8 @@ def test_requests_acks_and_replies_cross_both_ways(network: NetworkFactory) -> N
     # The urgent request runs on the 15-day clock, the normal ones on 30 days.
     urgent = find(jinshui, out1["request_id"])
     normal = find(yangpu, out2["request_id"])
-    assert urgent is not None and normal is not None
+    assert urgent is not None
+    assert normal is not None
     assert urgent["due_at"] < normal["due_at"]
 
 
@@ -75,7 +76,8 @@ def test_answered_case_is_closed(sqlite_network: NetworkFactory) -> None:
     out = send(jinshui, taikang)
     incoming = wait_for(lambda: find(taikang, out["request_id"]))
     path = f"/api/v1/verification-requests/{incoming['id']}"
-    assert taikang.api("POST", f"{path}/reply", json={"outcome": "not_found", "findings": "查无此人。"}).status_code == 200
+    first = taikang.api("POST", f"{path}/reply", json={"outcome": "not_found", "findings": "查无此人。"})
+    assert first.status_code == 200
     again = taikang.api("POST", f"{path}/reply", json={"outcome": "confirmed", "findings": "改为一致。"})
     assert again.status_code == 409
     assert again.json()["code"] == "invalid_state"
