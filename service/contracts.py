@@ -12,38 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from service.errors import DomainError
+from service.errors import DomainError, Problem
 from service.exchange.envelope import Receipt
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 OPENAPI_FILE = Path("openapi") / "openapi.json"
 SCHEMAS_DIR = Path("schemas")
-
-
-class ProblemField(BaseModel):
-    """One reason a message or request did not validate: the field and why, never the value."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    field: str
-    reason: str
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details: the body of every error answer, peer and staff API alike."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field(description="https://yipanqi.org/problems/<code>")
-    title: str
-    status: int = Field(ge=400, le=599)
-    detail: str
-    code: str = Field(description="machine-readable reason (PROTOCOL.md)")
-    errors: list[ProblemField] | None = Field(
-        default=None, description="what did not validate (invalid_message, validation_failed)"
-    )
 
 
 def render(document: Any) -> str:

@@ -4,7 +4,42 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field
+
 PROBLEM_JSON = "application/problem+json"
+
+
+class ProblemField(BaseModel):
+    """One reason a message or request did not validate: the field and why, never the value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer, peer and staff API alike."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="https://yipanqi.org/problems/<code>")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    code: str = Field(description="machine-readable reason (PROTOCOL.md)")
+    errors: list[ProblemField] | None = Field(
+        default=None, description="what did not validate (invalid_message, validation_failed)"
+    )
+
+
+def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for error answers, each a problem+json document."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {
+        status: {"description": text, "content": {PROBLEM_JSON: {"schema": schema}}}
+        for status, text in descriptions.items()
+    }
 
 
 class DomainError(Exception):

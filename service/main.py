@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from service.config import Settings, get_settings
 from service.db import new_session
-from service.errors import DomainError, ValidationFailed
+from service.errors import DomainError, Problem, ValidationFailed
 from service.exchange import admin as exchange_admin
 from service.exchange.inbox import PeerEndpoint
 from service.exchange.relay import Relay, RelayWorker
@@ -91,6 +91,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(problem.pop("$defs", {}))
+    components["Problem"] = problem
     for endpoint in PEER_ENDPOINTS:
         envelope = endpoint.envelope_model().model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(envelope.pop("$defs", {}))

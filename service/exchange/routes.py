@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from service.clock import utcnow
 from service.db import SessionDep
-from service.errors import PROBLEM_JSON, DomainError, InvalidMessage
+from service.errors import PROBLEM_JSON, DomainError, InvalidMessage, problem_responses
 from service.exchange.envelope import Receipt, canonical_json
 from service.exchange.inbox import Accepted, PeerEndpoint, accept
 from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
@@ -26,9 +26,8 @@ from service.signing.node import NodeSigner, node_keys
 
 log = logging.getLogger("yipanqi.security")
 
-PEER_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"description": text, "content": {PROBLEM_JSON: {}}}
-    for status, text in {
+PEER_ERRORS = problem_responses(
+    {
         400: "digest_mismatch",
         401: "signature_missing, signature_invalid, unknown_key, signature_expired",
         403: "sender_mismatch, recipient_mismatch, forbidden",
@@ -37,8 +36,8 @@ PEER_ERRORS: dict[int | str, dict[str, Any]] = {
         413: "payload_too_large",
         415: "unsupported_media_type",
         422: "invalid_message",
-    }.items()
-}
+    }
+)
 
 
 DUPLICATE: dict[int | str, dict[str, Any]] = {
@@ -74,17 +73,17 @@ class SignedPeerRoute(APIRoute):
         async def handler(request: Request) -> Response:
             try:
                 response = await original(request)
-            except DomainError as exc:
+            except (DomainError, RequestValidationError) as exc:
+                bad_path = InvalidMessage("path parameter does not validate")
+                error = exc if isinstance(exc, DomainError) else bad_path
                 log.warning(
-                    "peer request rejected code=%s status=%d path=%s client=%s",
-                    exc.code,
-                    exc.status_code,
-                    request.url.path,
+                    "peer request rejected code=%s status=%d endpoint=%s client=%s",
+                    error.code,
+                    error.status_code,
+                    self.path_format,  # the template, not the path: a peer may put anything there
                     request.client.host if request.client else "-",
                 )
-                response = problem_response(exc)
-            except RequestValidationError:
-                response = problem_response(InvalidMessage("path parameter does not validate"))
+                response = problem_response(error)
             return signed(response, request.app.state.signer)
 
         return handler
@@ -130,6 +129,12 @@ def _accept_once(
             )
             session.commit()  # before the receipt leaves: a receipt is a promise
             return accepted
+        except DomainError:
+            # SignedPeerRoute turns the error into a response, so the session dependency sees no
+            # exception and would commit what accept() flushed (the nonce): nothing of a rejected
+            # request may be stored.
+            session.rollback()
+            raise
         except IntegrityError:
             session.rollback()
             if attempt:
