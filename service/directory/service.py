@@ -56,6 +56,9 @@ def remove_peer(session: Session, node_id: str) -> None:
         raise NotFound(f"no peer {node_id} in the directory")
     for key in session.exec(select(PeerKey).where(PeerKey.node_id == node_id)):
         session.delete(key)
+    # Keys first: with no ORM relationship the unit of work may delete the peer first, and the
+    # database's ON DELETE CASCADE then leaves the key DELETEs matching nothing (SAWarning).
+    session.flush()
     session.delete(peer)
     session.flush()
 

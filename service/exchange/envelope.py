@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from service.sla.deadlines import SHANGHAI
 from service.subjects import NodeId
 
 P = TypeVar("P", bound=BaseModel)
+
+
+def _utc_representable(value: datetime) -> datetime:
+    try:
+        value.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:00-05:00 is past the last UTC instant Python has
+        raise ValueError("must lie between the years 1 and 9999 in UTC") from exc
+    return value
+
+
+# A time in a peer message: with its UTC offset, and storable (the database keeps UTC).
+PeerDatetime = Annotated[AwareDatetime, AfterValidator(_utc_representable)]
 
 
 class Envelope(BaseModel, Generic[P]):
@@ -22,7 +34,7 @@ class Envelope(BaseModel, Generic[P]):
     type: str
     sender: NodeId
     recipient: NodeId
-    sent_at: AwareDatetime
+    sent_at: PeerDatetime
     correlation_id: UUID | None
     payload: P
 

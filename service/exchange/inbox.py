@@ -70,11 +70,28 @@ def _validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"field": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()]
 
 
+def _refuse_unstorable_text(value: Any) -> None:
+    """No database stores a lone surrogate (a ``\\ud800`` escape), PostgreSQL no NUL character."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("NUL character in a string")
+        value.encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_unstorable_text(key)
+            _refuse_unstorable_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_unstorable_text(item)
+
+
 def parse_envelope(endpoint: PeerEndpoint, body: bytes) -> Envelope[Any]:
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage("body is not UTF-8 JSON") from exc
+        _refuse_unstorable_text(data)
+    # ValueError also covers integers past Python's digit limit; RecursionError, deep nesting.
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage("body is not UTF-8 JSON without NUL characters") from exc
     try:
         return endpoint.envelope_model().model_validate(data)
     except ValidationError as exc:

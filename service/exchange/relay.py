@@ -292,7 +292,8 @@ class RelayWorker:
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # never started when the relay is disabled
+            self._thread.join(timeout)
 
     @property
     def alive(self) -> bool:

@@ -42,6 +42,7 @@ ALG = "ed25519"
 REQUEST_COMPONENTS = ("@method", "@path", "content-type", "content-digest")
 RESPONSE_COMPONENTS = ("@status", "content-type", "content-digest")
 REQUEST_PARAM_ORDER = ("created", "expires", "nonce", "keyid", "alg", "tag")
+MAX_NONCE_BYTES = 96  # 128 base64url characters
 # The host part is not covered (PROTOCOL.md); the library needs an absolute URL to read @path from.
 _PLACEHOLDER_ORIGIN = "http://peer.invalid"
 
@@ -213,8 +214,9 @@ def _check_params(params: Mapping[str, Any], expect_expires: bool) -> None:
             nonce_bytes = b64url_decode(nonce) if isinstance(nonce, str) else b""
         except ValueError:
             nonce_bytes = b""
-        if len(nonce_bytes) < 16:
-            raise SignatureInvalid("nonce must be at least 16 random bytes, base64url")
+        # The upper bound is what seen_nonce.nonce holds (128 characters); PROTOCOL.md sets none.
+        if not 16 <= len(nonce_bytes) <= MAX_NONCE_BYTES:
+            raise SignatureInvalid(f"nonce must be 16 to {MAX_NONCE_BYTES} random bytes, base64url")
 
 
 def _check_time(params: Mapping[str, Any], now: datetime, skew: int, lifetime: int) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.exchange.envelope import PeerDatetime
 from service.models import CaseStatus, Direction, Outcome, Priority, Topic
 from service.subjects import NodeId, Subject
 
@@ -28,7 +29,7 @@ class RequestPayload(BaseModel):  # 协查请求
 class AckPayload(BaseModel):  # 签收
     model_config = ConfigDict(extra="forbid")
 
-    acknowledged_at: AwareDatetime
+    acknowledged_at: PeerDatetime
     promised_by: date | None = Field(default=None, description='"will answer by" (interim answer)')
 
 
@@ -37,7 +38,7 @@ class ReplyPayload(BaseModel):  # 协查反馈
 
     outcome: Outcome
     findings: Text
-    answered_at: AwareDatetime
+    answered_at: PeerDatetime
 
 
 class VerificationRequestCreate(BaseModel):

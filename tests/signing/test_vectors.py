@@ -1,0 +1,385 @@
+"""The project's own code against PROTOCOL.md's worked example, ``vectors/verification-request.json``.
+
+Ed25519 is deterministic, so the project must reproduce the example byte for byte: the request's
+and the receipt's headers, the signature bases it signs, the receipt body and its ``due_at``.
+It must also accept the example with its clock at ``created + 1`` and refuse every tampered copy.
+(``tests/interop/test_vectors_independent.py`` checks the same vector with an independent
+implementation; this file checks the project's code.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from service.clock import clock, utcnow
+from service.config import Settings
+from service.errors import DigestMismatch, DomainError, SignatureExpired, SignatureInvalid, UnknownKey
+from service.exchange.envelope import receipt_body
+from service.models import Priority, Topic
+from service.signing.http import content_digest, sign_request, sign_response, verify_request, verify_response
+from service.signing.keys import public_key_from_text, public_key_text
+from service.sla.deadlines import DeadlineRule, due_at
+from service.verification.service import deadline_rule
+from tests.interop.test_vectors_independent import _VECTOR_CANDIDATES
+
+HEADERS = ("Content-Type", "Content-Digest", "Signature-Input", "Signature")
+ASKER, ANSWERER = "410105/k1", "411627/k1"
+
+
+@pytest.fixture(scope="module")
+def vector() -> dict[str, Any]:
+    for path in _VECTOR_CANDIDATES:  # shared/ beside the checkout, or a copy inside it
+        if path.is_file():
+            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return data
+    pytest.fail(f"test vector not found; looked at {[str(p) for p in _VECTOR_CANDIDATES]}")
+
+
+class RecordingKey(Ed25519PrivateKey):
+    """An Ed25519 key that remembers every message it signs: the signature base, as the code built it."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.signed: list[bytes] = []
+
+    def sign(self, data: bytes) -> bytes:
+        self.signed.append(bytes(data))
+        return self._key.sign(data)
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return self._key.private_bytes(encoding, format, encryption_algorithm)
+
+    def private_bytes_raw(self) -> bytes:
+        return self._key.private_bytes_raw()
+
+    def __copy__(self) -> RecordingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> RecordingKey:
+        return self
+
+
+def private_key(vector: dict[str, Any], keyid: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["keys"][keyid]["private_seed_hex"]))
+
+
+def public_key(vector: dict[str, Any], keyid: str) -> Ed25519PublicKey:
+    return public_key_from_text(vector["keys"][keyid]["public_key"])
+
+
+def params(signature_input: str) -> dict[str, str]:
+    """``created``, ``nonce``, … of a Signature-Input (the vector's values are simple)."""
+    return dict(p.split("=", 1) for p in signature_input.split(";")[1:])
+
+
+def at(params_: Mapping[str, str], name: str, delta: int = 0) -> datetime:
+    return datetime.fromtimestamp(int(params_[name]) + delta, UTC)
+
+
+def get(headers: Mapping[str, str], name: str) -> str:
+    (value,) = [v for k, v in headers.items() if k.lower() == name.lower()]
+    return value
+
+
+def sign_vector_request(vector: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, str]:
+    req = vector["request"]
+    p = params(req["headers"]["Signature-Input"])
+    assert p["keyid"] == f'"{ASKER}"'
+    return sign_request(
+        method=req["method"],
+        path=req["path"],
+        body=req["body"].encode("utf-8"),
+        key=key,
+        keyid=ASKER,
+        created=at(p, "created"),
+        lifetime=at(p, "expires") - at(p, "created"),
+        nonce=p["nonce"].strip('"'),
+    )
+
+
+def sign_vector_response(vector: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, str]:
+    res = vector["response"]
+    p = params(res["headers"]["Signature-Input"])
+    assert p["keyid"] == f'"{ANSWERER}"'
+    return sign_response(
+        status=res["status"],
+        body=res["body"].encode("utf-8"),
+        key=key,
+        keyid=ANSWERER,
+        created=at(p, "created"),
+        content_type=res["headers"]["Content-Type"],
+    )
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[None]:
+    yield
+    clock.reset()
+
+
+# --- the keys ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keyid", [ASKER, ANSWERER])
+def test_public_key_text_form(vector: dict[str, Any], keyid: str) -> None:
+    assert public_key_text(private_key(vector, keyid).public_key()) == vector["keys"][keyid]["public_key"]
+
+
+# --- reproduced byte for byte ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", HEADERS)
+def test_request_headers_reproduced(vector: dict[str, Any], header: str) -> None:
+    headers = sign_vector_request(vector, private_key(vector, ASKER))
+    assert get(headers, header) == vector["request"]["headers"][header]
+
+
+def test_request_has_exactly_the_vector_headers(vector: dict[str, Any]) -> None:
+    headers = sign_vector_request(vector, private_key(vector, ASKER))
+    assert sorted(k.lower() for k in headers) == sorted(k.lower() for k in HEADERS)
+
+
+def test_request_signature_base_reproduced(vector: dict[str, Any]) -> None:
+    key = RecordingKey(private_key(vector, ASKER))
+    sign_vector_request(vector, key)
+    assert key.signed == [vector["request"]["signature_base"].encode("ascii")]
+
+
+@pytest.mark.parametrize("header", HEADERS)
+def test_response_headers_reproduced(vector: dict[str, Any], header: str) -> None:
+    headers = sign_vector_response(vector, private_key(vector, ANSWERER))
+    assert get(headers, header) == vector["response"]["headers"][header]
+
+
+def test_response_signature_base_reproduced(vector: dict[str, Any]) -> None:
+    key = RecordingKey(private_key(vector, ANSWERER))
+    sign_vector_response(vector, key)
+    assert key.signed == [vector["response"]["signature_base"].encode("ascii")]
+
+
+@pytest.mark.parametrize(("part", "keyid"), [("request", ASKER), ("response", ANSWERER)])
+def test_vector_signatures_sign_the_vector_bases(vector: dict[str, Any], part: str, keyid: str) -> None:
+    """The vector is self-consistent: each Signature is the Ed25519 signature of its signature_base."""
+    message = vector[part]
+    signature = base64.b64decode(message["headers"]["Signature"].removeprefix("yp=:").removesuffix(":"))
+    public_key(vector, keyid).verify(signature, message["signature_base"].encode("ascii"))
+    assert content_digest(message["body"].encode("utf-8")) == message["headers"]["Content-Digest"]
+
+
+# --- the receipt: body and due_at as the node computes them ------------------------------------------
+
+
+def test_receipt_body_and_due_at(vector: dict[str, Any]) -> None:
+    request = json.loads(vector["request"]["body"])
+    receipt = json.loads(vector["response"]["body"])
+    received_at = at(params(vector["response"]["headers"]["Signature-Input"]), "created")
+    # The rule a node with default settings applies to this request: normal priority, 30 calendar days.
+    rule = deadline_rule(
+        Settings.model_construct(),
+        Topic(request["payload"]["topic"]),
+        Priority(request["payload"]["priority"]),
+    )
+    assert rule == DeadlineRule(days=30, unit="calendar")
+    body = receipt_body(
+        message_id=request["message_id"],
+        status="accepted",
+        received_at=received_at,
+        digest=vector["request"]["headers"]["Content-Digest"],
+        due_at=due_at(received_at, rule),
+    )
+    assert body == vector["response"]["body"].encode("utf-8")
+    assert receipt["received_at"] == "2026-11-22T01:30:01Z"
+    assert due_at(received_at, rule) == datetime(2026, 12, 22, 16, 0, tzinfo=UTC)  # 2026-12-23 00:00 +08:00
+
+
+# --- verified with the clock at created + 1 ------------------------------------------------------------
+
+
+def _resolver(vector: dict[str, Any], keyid: str) -> Any:
+    return lambda asked: public_key(vector, keyid) if asked == keyid else None
+
+
+def verify_vector_request(
+    vector: dict[str, Any],
+    *,
+    method: str | None = None,
+    path: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
+    now_delta: int = 1,
+    keyid: str = ASKER,
+) -> Any:
+    req = vector["request"]
+    clock.freeze(at(params(req["headers"]["Signature-Input"]), "created", now_delta))
+    return verify_request(
+        method=method or req["method"],
+        path=path or req["path"],
+        headers=(headers or req["headers"]).items(),
+        body=(req["body"] if body is None else body).encode("utf-8"),
+        resolve_key=_resolver(vector, keyid),
+        now=utcnow(),
+    )
+
+
+def verify_vector_response(
+    vector: dict[str, Any],
+    *,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: str | None = None,
+    keyid: str = ANSWERER,
+) -> Any:
+    res = vector["response"]
+    clock.freeze(at(params(res["headers"]["Signature-Input"]), "created", 1))
+    return verify_response(
+        status=status or res["status"],
+        headers=(headers or res["headers"]).items(),
+        body=(res["body"] if body is None else body).encode("utf-8"),
+        resolve_key=_resolver(vector, keyid),
+        expected_node="411627",
+        now=utcnow(),
+    )
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_request_vector_verifies(vector: dict[str, Any]) -> None:
+    verified = verify_vector_request(vector)
+    assert (verified.keyid, verified.nonce) == (ASKER, "bm9uY2UtMDAwMDAwMDAwMQ")
+    assert verified.expires == datetime(2026, 11, 22, 1, 35, tzinfo=UTC)
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_response_vector_verifies(vector: dict[str, Any]) -> None:
+    assert verify_vector_response(vector).keyid == ANSWERER
+
+
+def _replace(headers: Mapping[str, str], name: str, old: str, new: str) -> dict[str, str]:
+    assert old in headers[name]
+    return {**headers, name: headers[name].replace(old, new, 1)}
+
+
+def _flip(signature_header: str) -> str:
+    raw = bytearray(base64.b64decode(signature_header[4:-1]))
+    raw[-1] ^= 0x80
+    return f"yp=:{base64.b64encode(bytes(raw)).decode()}:"
+
+
+REQUEST_TAMPERING: list[Any] = [
+    pytest.param({"body": lambda b: b.replace("411627", "411628", 1)}, DigestMismatch, id="body"),
+    pytest.param({"body": lambda b: b + " "}, DigestMismatch, id="body-trailing-space"),
+    pytest.param({"method": "PUT"}, SignatureInvalid, id="method"),
+    pytest.param({"path": "/peer/v1/notifications"}, SignatureInvalid, id="path"),
+    pytest.param(
+        {"headers": lambda h: _replace(h, "Content-Digest", "9inb", "9inc")},
+        SignatureInvalid,
+        id="digest-header",
+    ),
+    pytest.param(
+        {"headers": lambda h: {**h, "Content-Type": "application/json; charset=utf-8"}},
+        SignatureInvalid,
+        id="content-type",
+    ),
+    pytest.param(
+        {"headers": lambda h: _replace(h, "Signature-Input", "expires=1795311300", "expires=1795311299")},
+        SignatureInvalid,
+        id="expires-param",
+    ),
+    pytest.param(
+        {"headers": lambda h: _replace(h, "Signature-Input", "MQ", "Mg")}, SignatureInvalid, id="nonce-param"
+    ),
+    pytest.param(
+        {"headers": lambda h: {**h, "Signature": _flip(h["Signature"])}}, SignatureInvalid, id="signature"
+    ),
+    pytest.param({"keyid": ANSWERER}, UnknownKey, id="keyid-not-in-directory"),
+    pytest.param({"now_delta": 301}, SignatureExpired, id="clock-past-expires"),
+    pytest.param({"now_delta": -301}, SignatureExpired, id="clock-before-created"),
+]
+
+
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize(("change", "error"), REQUEST_TAMPERING)
+def test_tampered_request_is_rejected(
+    vector: dict[str, Any], change: dict[str, Any], error: type[DomainError]
+) -> None:
+    req = vector["request"]
+    kwargs = dict(change)
+    if "body" in kwargs:
+        kwargs["body"] = kwargs["body"](req["body"])
+    if "headers" in kwargs:
+        kwargs["headers"] = kwargs["headers"](req["headers"])
+    with pytest.raises(error):
+        verify_vector_request(vector, **kwargs)
+
+
+RESPONSE_TAMPERING: list[Any] = [
+    pytest.param({"body": lambda b: b.replace("accepted", "duplicate")}, DigestMismatch, id="body"),
+    pytest.param({"status": 200}, SignatureInvalid, id="status"),
+    pytest.param(
+        {"headers": lambda h: {**h, "Signature": _flip(h["Signature"])}}, SignatureInvalid, id="signature"
+    ),
+    pytest.param(
+        {"headers": lambda h: _replace(h, "Signature-Input", "created=1795311001", "created=1795311002")},
+        SignatureInvalid,
+        id="created-param",
+    ),
+    pytest.param(
+        {"headers": lambda h: _replace(h, "Content-Digest", "2N6M", "2N6N")},
+        SignatureInvalid,
+        id="digest-header",
+    ),
+    pytest.param({"keyid": ASKER}, UnknownKey, id="keyid-not-in-directory"),
+]
+
+
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize(("change", "error"), RESPONSE_TAMPERING)
+def test_tampered_response_is_rejected(
+    vector: dict[str, Any], change: dict[str, Any], error: type[DomainError]
+) -> None:
+    res = vector["response"]
+    kwargs = dict(change)
+    if "body" in kwargs:
+        kwargs["body"] = kwargs["body"](res["body"])
+    if "headers" in kwargs:
+        kwargs["headers"] = kwargs["headers"](res["headers"])
+    with pytest.raises(error):
+        verify_vector_response(vector, **kwargs)
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_response_signed_by_the_requesting_node_is_rejected(vector: dict[str, Any]) -> None:
+    """A receipt must come from the node that was asked, even when the signer's key is trusted."""
+    res = vector["response"]
+    p = params(res["headers"]["Signature-Input"])
+    headers = sign_response(
+        status=res["status"],
+        body=res["body"].encode("utf-8"),
+        key=private_key(vector, ASKER),
+        keyid=ASKER,
+        created=at(p, "created"),
+        content_type="application/json",
+    )
+    with pytest.raises(UnknownKey):
+        verify_vector_response(vector, headers=headers, keyid=ASKER)
+
+
+def test_recording_key_is_transparent(vector: dict[str, Any]) -> None:
+    """The recording wrapper does not change what is signed (else the base tests would prove nothing)."""
+    plain = sign_vector_request(vector, private_key(vector, ASKER))
+    assert sign_vector_request(vector, RecordingKey(private_key(vector, ASKER))) == plain
