@@ -10,8 +10,18 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from service import idnumbers
 from service.models.verification import Sex
 
+
+def plain_text(value: str) -> str:
+    """Refuse control characters (NUL cannot even be stored in PostgreSQL); keep line breaks and tabs."""
+    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in value):
+        raise ValueError("contains control characters")
+    return value
+
+
 IdNumber = Annotated[str, StringConstraints(min_length=18, max_length=18), AfterValidator(idnumbers.validate)]
-PersonName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+PersonName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), AfterValidator(plain_text)
+]
 NodeId = Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{5}$")]
 
 

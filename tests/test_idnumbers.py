@@ -42,3 +42,11 @@ def test_subject_must_agree_with_its_id_number() -> None:
         Subject.model_validate({**ok, "sex": "M"})
     with pytest.raises(ValidationError):
         Subject.model_validate({**ok, "sex": "X"})
+
+
+@pytest.mark.parametrize("name", ["王\x00秀英", "王\x1b秀英", "王\x7f"])
+def test_names_with_control_characters_are_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="control characters"):
+        Subject.model_validate(
+            {"id_number": "411627199503080024", "name": name, "sex": "F", "birth_date": "1995-03-08"}
+        )

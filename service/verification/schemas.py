@@ -5,14 +5,18 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.exchange.envelope import PeerDatetime
 from service.models import CaseStatus, Direction, Outcome, Priority, Topic
-from service.subjects import NodeId, Subject
+from service.subjects import NodeId, Subject, plain_text
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Text = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), AfterValidator(plain_text)
+]
+Reference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), AfterValidator(plain_text)
+]
 
 
 class RequestPayload(BaseModel):  # 协查请求
