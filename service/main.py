@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.config import Settings, get_settings
 from service.db import new_session
-from service.errors import DomainError, Problem, ValidationFailed
+from service.errors import PROBLEM_JSON, DomainError, Problem, ValidationFailed, problem_body
 from service.exchange import admin as exchange_admin
+from service.exchange.envelope import canonical_json
 from service.exchange.inbox import PeerEndpoint
 from service.exchange.relay import Relay, RelayWorker
 from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response
@@ -60,6 +63,15 @@ def _validation_problem(_request: Request, exc: Exception) -> Response:
     return problem_response(ValidationFailed("the request does not validate", errors=errors))
 
 
+def _http_problem(_request: Request, exc: Exception) -> Response:
+    """Unknown paths, wrong methods: problem+json like every other error."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    title = HTTPStatus(exc.status_code).phrase
+    body = canonical_json(problem_body(exc.status_code, code, title, str(exc.detail)))
+    return Response(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
+
+
 def _domain_problem(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     return problem_response(exc)
@@ -79,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.add_exception_handler(DomainError, _domain_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
+    app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

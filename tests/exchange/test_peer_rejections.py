@@ -829,3 +829,21 @@ def test_log_records_rejections_without_personal_data(target: Target) -> None:
     log = target.log_text()
     assert "code=invalid_message" in log  # the security log line is there ...
     target.assert_no_pii_logged()  # ... and nothing personal is
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/peer/v1/no-such-endpoint", 404, "not_found"),
+        ("GET", "/peer/v1/verification-requests", 405, "method_not_allowed"),
+    ],
+)
+def test_unknown_path_or_method_is_a_problem_too(
+    target: Target, method: str, path: str, status: int, code: str
+) -> None:
+    before = target.counts()
+    response = target.client.request(method, target.node.url + path, content=b"{}")
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == code
+    assert target.counts() == before
