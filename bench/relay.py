@@ -77,18 +77,10 @@ def run(messages: int, concurrency: int, stalled: int) -> float:
     try:
         with Session(engine) as session:
             signer = load_signer(session, sender.data_dir / "keys")
-            for i in range(stalled):
+            recipients = ["110105"] * stalled + ["411627"] * messages  # the hung peer's first
+            for i, recipient in enumerate(recipients):
                 data = VerificationRequestCreate(
-                    recipient="110105",
-                    subject=SUBJECT,
-                    topic=Topic.marital_status,
-                    priority=Priority.normal,
-                    question=f"stalled {i}",
-                )
-                create_outgoing(session, signer, data, "bench")
-            for i in range(messages):
-                data = VerificationRequestCreate(
-                    recipient="411627",
+                    recipient=recipient,
                     subject=SUBJECT,
                     topic=Topic.marital_status,
                     priority=Priority.normal,
