@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from service.errors import Conflict, InvalidMessage, RecipientMismatch, Replayed, SenderMismatch
-from service.exchange.envelope import Envelope, P, Receipt, receipt_body
+from service.exchange.envelope import Envelope, P, Receipt, canonical_json, receipt_body
 from service.models import InboxMessage, OutboxMessage, SeenNonce
 from service.signing.http import VerifiedSignature, content_digest
 
@@ -27,6 +27,8 @@ class InboundMessage(Generic[P]):
 
 # The receiver's handler returns the item's deadline (None where the protocol gives none).
 InboundHandler = Callable[[Session, InboundMessage[Any]], datetime | None]
+# A synchronous endpoint's handler returns the answer itself (a certificate lookup).
+QueryHandler = Callable[[Session, InboundMessage[Any]], BaseModel]
 # The sender's hook, run once when the peer's signed receipt is stored.
 ReceiptHook = Callable[[Session, OutboxMessage, Receipt], None]
 
@@ -38,9 +40,19 @@ class PeerEndpoint:
     path: str  # below /peer/v1; ``{request_id}`` where the message answers a request
     message_type: str
     payload: type[BaseModel]
-    handle: InboundHandler
+    handle: InboundHandler | None = None  # asynchronous: stored once, answered with a receipt
     on_receipt: ReceiptHook | None = None
     summary: str = ""
+    answer: QueryHandler | None = None  # synchronous: answered at once with a signed 200
+    response_model: type[BaseModel] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.handle is None) == (self.answer is None):
+            raise ValueError(f"{self.message_type}: give exactly one of handle (asynchronous) or answer")
+
+    @property
+    def synchronous(self) -> bool:
+        return self.answer is not None
 
     @property
     def correlated(self) -> bool:
@@ -110,17 +122,7 @@ def accept(
     nonce_keep_until: datetime,
 ) -> Accepted:
     """Rules 7 and 8 of PROTOCOL.md, then store the message once and hand it to the domain."""
-    _record_nonce(session, signature, nonce_keep_until)
-    envelope = parse_envelope(endpoint, body)
-    signer_node = signature.keyid.split("/", 1)[0]
-    if envelope.sender != signer_node:
-        raise SenderMismatch(f"sender {envelope.sender} is not the signing node {signer_node}")
-    if envelope.recipient != local_node:
-        raise RecipientMismatch(f"this is node {local_node}, not {envelope.recipient}")
-    if envelope.type != endpoint.message_type:
-        raise InvalidMessage(f"type must be {endpoint.message_type!r} on this endpoint")
-    if endpoint.correlated and str(envelope.correlation_id) != path_request_id:
-        raise InvalidMessage("correlation_id must be the request_id in the path")
+    envelope = _validated(session, endpoint, body, signature, local_node, path_request_id, nonce_keep_until)
     message_id, digest = str(envelope.message_id), content_digest(body)
     existing = session.get(InboxMessage, message_id)
     if existing is not None:
@@ -128,6 +130,7 @@ def accept(
             raise Conflict("this message_id was already received with a different body")
         return Accepted(200, _receipt(existing, "duplicate"))
     received_at = now.replace(microsecond=0)
+    assert endpoint.handle is not None
     due_at = endpoint.handle(session, InboundMessage(envelope, received_at))
     row = InboxMessage(
         message_id=message_id,
@@ -145,6 +148,46 @@ def accept(
     session.add(row)
     session.flush()
     return Accepted(202, _receipt(row, "accepted"))
+
+
+def answer(
+    session: Session,
+    endpoint: PeerEndpoint,
+    *,
+    body: bytes,
+    signature: VerifiedSignature,
+    local_node: str,
+    now: datetime,
+    nonce_keep_until: datetime,
+) -> Accepted:
+    """Rules 7 and 8, then the domain's answer (which keeps its own log of what it disclosed)."""
+    envelope = _validated(session, endpoint, body, signature, local_node, None, nonce_keep_until)
+    assert endpoint.answer is not None
+    result = endpoint.answer(session, InboundMessage(envelope, now.replace(microsecond=0)))
+    return Accepted(200, canonical_json(result.model_dump(mode="json")))
+
+
+def _validated(
+    session: Session,
+    endpoint: PeerEndpoint,
+    body: bytes,
+    signature: VerifiedSignature,
+    local_node: str,
+    path_request_id: str | None,
+    nonce_keep_until: datetime,
+) -> Envelope[Any]:
+    _record_nonce(session, signature, nonce_keep_until)
+    envelope = parse_envelope(endpoint, body)
+    signer_node = signature.keyid.split("/", 1)[0]
+    if envelope.sender != signer_node:
+        raise SenderMismatch(f"sender {envelope.sender} is not the signing node {signer_node}")
+    if envelope.recipient != local_node:
+        raise RecipientMismatch(f"this is node {local_node}, not {envelope.recipient}")
+    if envelope.type != endpoint.message_type:
+        raise InvalidMessage(f"type must be {endpoint.message_type!r} on this endpoint")
+    if endpoint.correlated and str(envelope.correlation_id) != path_request_id:
+        raise InvalidMessage("correlation_id must be the request_id in the path")
+    return envelope
 
 
 def _receipt(row: InboxMessage, status: str) -> bytes:

@@ -27,13 +27,13 @@ from sqlmodel import Session, col, select
 
 from service.clock import utcnow
 from service.config import Settings
-from service.directory.service import get_peer, resolve_key
+from service.directory.service import get_peer
 from service.errors import DomainError
+from service.exchange.client import peer_url, post_signed, verify_answer
 from service.exchange.envelope import Receipt
 from service.exchange.inbox import ReceiptHook
 from service.exchange.outbox import on_outbox_commit
 from service.models import OutboxMessage, OutboxStatus
-from service.signing.http import sign_request, verify_response
 from service.signing.node import NodeSigner
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,8 @@ class Relay:
         with self.session_factory() as session:
             row = session.get(OutboxMessage, message_id)
             peer = get_peer(session, row.recipient) if row else None
-            url = f"{peer.url}/peer/v1{row.path}" if row and peer else None
         if row is not None:
-            self.record(row, self.deliver(row, url))
+            self.record(row, self.deliver(row, peer_url(peer.url, row.path) if peer else None))
         self.heartbeat = utcnow()
 
     def claim(self) -> list[str]:
@@ -139,17 +138,10 @@ class Relay:
     def deliver(self, row: OutboxMessage, url: str | None) -> Attempt:
         if url is None:
             return Attempt("retry", f"peer {row.recipient} is not in the directory")
-        headers = sign_request(
-            method="POST",
-            path=f"/peer/v1{row.path}",
-            body=row.body,
-            key=self.signer.private_key,
-            keyid=self.signer.keyid,
-            created=utcnow(),
-            lifetime=timedelta(seconds=self.settings.max_signature_lifetime_seconds),
-        )
         try:
-            response = self.client.post(url, content=row.body, headers=headers)
+            response = post_signed(
+                self.client, self.settings, self.signer, url=url, path=row.path, body=row.body
+            )
         except httpx.HTTPError as exc:
             return Attempt("retry", f"{type(exc).__name__}: {exc}")
         return self._judge(row, response)
@@ -157,17 +149,8 @@ class Relay:
     def _judge(self, row: OutboxMessage, response: httpx.Response) -> Attempt:
         body = response.content
         with self.session_factory() as session:
-            now = utcnow()
             try:
-                sig = verify_response(
-                    status=response.status_code,
-                    headers=response.headers.multi_items(),
-                    body=body,
-                    resolve_key=lambda keyid: resolve_key(session, keyid, now),
-                    expected_node=row.recipient,
-                    now=now,
-                    skew_seconds=self.settings.clock_skew_seconds,
-                )
+                sig = verify_answer(session, self.settings, response, row.recipient)
             except DomainError as exc:
                 return Attempt("retry", f"HTTP {response.status_code}, response not accepted: {exc.detail}")
         status = response.status_code

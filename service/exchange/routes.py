@@ -19,7 +19,7 @@ from service.clock import utcnow
 from service.db import SessionDep
 from service.errors import PROBLEM_JSON, DomainError, InvalidMessage, problem_responses
 from service.exchange.envelope import Receipt, canonical_json
-from service.exchange.inbox import Accepted, PeerEndpoint, accept
+from service.exchange.inbox import Accepted, PeerEndpoint, accept, answer
 from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
 from service.signing.http import sign_response
 from service.signing.node import NodeSigner, node_keys
@@ -117,16 +117,27 @@ def _accept_once(
         expires = peer.signature.expires or now
         keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
         try:
-            accepted = accept(
-                session,
-                endpoint,
-                body=peer.body,
-                signature=peer.signature,
-                local_node=local_node,
-                path_request_id=path_id,
-                now=now,
-                nonce_keep_until=keep_until,
-            )
+            if endpoint.synchronous:
+                accepted = answer(
+                    session,
+                    endpoint,
+                    body=peer.body,
+                    signature=peer.signature,
+                    local_node=local_node,
+                    now=now,
+                    nonce_keep_until=keep_until,
+                )
+            else:
+                accepted = accept(
+                    session,
+                    endpoint,
+                    body=peer.body,
+                    signature=peer.signature,
+                    local_node=local_node,
+                    path_request_id=path_id,
+                    now=now,
+                    nonce_keep_until=keep_until,
+                )
             session.commit()  # before the receipt leaves: a receipt is a promise
             return accepted
         except DomainError:
@@ -186,11 +197,11 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             endpoint.path,
             _route(endpoint),
             methods=["POST"],
-            status_code=202,
+            status_code=200 if endpoint.synchronous else 202,
             summary=endpoint.summary or endpoint.message_type,
             operation_id=endpoint.message_type.replace(".", "_"),
-            response_model=Receipt,
-            responses={**DUPLICATE, **PEER_ERRORS},
+            response_model=endpoint.response_model if endpoint.synchronous else Receipt,
+            responses=PEER_ERRORS if endpoint.synchronous else {**DUPLICATE, **PEER_ERRORS},
             openapi_extra={
                 "requestBody": {
                     "required": True,

@@ -1,8 +1,19 @@
 """SQLModel table classes; importing this package registers every table on the metadata."""
 
+from service.models.births import BirthRegistration, BirthRegistrationStatus
+from service.models.certificates import (
+    Certificate,
+    CertificateCheck,
+    CertificateStatus,
+    CertificateVersion,
+    LookupLog,
+    LookupPurpose,
+)
 from service.models.directory import Peer, PeerKey
 from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, SeenNonce
 from service.models.node import LocalNode, NodeKey
+from service.models.notifications import Notification, NotificationKind, NotificationStatus
+from service.models.people import Child, ContraceptionMethod, MaritalStatus, Person
 from service.models.staff import Role, Staff
 from service.models.verification import (
     CaseStatus,
@@ -15,16 +26,31 @@ from service.models.verification import (
 )
 
 __all__ = [
+    "BirthRegistration",
+    "BirthRegistrationStatus",
     "CaseStatus",
+    "Certificate",
+    "CertificateCheck",
+    "CertificateStatus",
+    "CertificateVersion",
+    "Child",
+    "ContraceptionMethod",
     "Direction",
     "InboxMessage",
     "LocalNode",
+    "LookupLog",
+    "LookupPurpose",
+    "MaritalStatus",
     "NodeKey",
+    "Notification",
+    "NotificationKind",
+    "NotificationStatus",
     "OutboxMessage",
     "OutboxStatus",
     "Outcome",
     "Peer",
     "PeerKey",
+    "Person",
     "Priority",
     "Role",
     "SeenNonce",

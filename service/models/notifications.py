@@ -1,0 +1,56 @@
+"""通报: one-way notifications of a service or event, and their acknowledgement (接收确认)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from sqlalchemy import Index, Text
+from sqlmodel import Field, SQLModel
+
+from service.models.base import utc_field
+from service.models.verification import Direction, Sex
+
+
+class NotificationKind(StrEnum):
+    contraception = "contraception"  # 避孕节育
+    pregnancy = "pregnancy"  # 妊娠
+    birth = "birth"  # 生育 (一孩)
+    health_check = "health_check"  # 康检/三查
+    arrival = "arrival"  # 流入
+    departure = "departure"  # 流出
+    health_record_transfer = "health_record_transfer"  # 健康档案转移
+
+
+class NotificationStatus(StrEnum):
+    queued = "queued"  # outgoing, no receipt yet
+    delivered = "delivered"  # outgoing, the peer's receipt is stored
+    received = "received"  # incoming, waiting for 接收确认
+    acknowledged = "acknowledged"  # 已确认 (both sides)
+
+
+class Notification(SQLModel, table=True):  # 通报
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_queue", "direction", "status", "due_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=36, unique=True)
+    direction: Direction = Field(max_length=16)
+    peer: str = Field(max_length=6, index=True)
+    kind: NotificationKind = Field(max_length=32)
+    status: NotificationStatus = Field(max_length=16)
+    subject_id_number: str = Field(max_length=18, index=True)
+    subject_name: str = Field(max_length=64)
+    subject_sex: Sex = Field(max_length=1)
+    subject_birth_date: date
+    occurred_on: date
+    details: str = Field(sa_type=Text)  # JSON, validated per kind
+    person_id: int | None = Field(default=None, foreign_key="person.id")
+    sent_at: datetime = utc_field()
+    received_at: datetime | None = utc_field(nullable=True)  # the receipt's: starts the ack clock
+    due_at: datetime | None = utc_field(nullable=True)
+    acknowledged_at: datetime | None = utc_field(nullable=True)
+    ack_received_at: datetime | None = utc_field(nullable=True)
+    auto_acknowledged: bool = False
+    created_by: str | None = Field(default=None, max_length=64)
+    updated_at: datetime = utc_field(default_now=True)
