@@ -1,0 +1,1 @@
+"""The migrant register (流动人口个案): entry, search, import, duplicates."""
