@@ -123,8 +123,12 @@ class LocalNode:
                 self.process.wait()
         self.process = None
 
-    def api(self, method: str, path: str, *, admin: bool = False, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.admin_token if admin else self.token}"}
+    def api(
+        self, method: str, path: str, *, admin: bool = False, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """The staff API as the operator (default), the admin, or whoever ``token`` belongs to."""
+        token = token or (self.admin_token if admin else self.token)
+        headers = {"Authorization": f"Bearer {token}"}
         return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30.0, **kwargs)
 
 

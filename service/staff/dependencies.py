@@ -47,3 +47,5 @@ ACTORS = (Role.operator, Role.supervisor, Role.admin)
 Reader = Annotated[Staff, Depends(require(*READERS))]
 Actor = Annotated[Staff, Depends(require(*ACTORS))]
 Admin = Annotated[Staff, Depends(require(Role.admin))]
+# 负责人: decisions beyond day-to-day answering (merging register records, deciding reviews).
+Supervisor = Annotated[Staff, Depends(require(Role.supervisor, Role.admin))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -108,7 +109,18 @@ def receive_reply(session: Session, inbound: InboundMessage[ReplyPayload]) -> da
     case.reply_received_at = inbound.received_at
     states.move(case, CaseStatus.answered)
     _touch(session, case)
+    for listener in _reply_listeners:
+        listener(session, case)
     return None
+
+
+ReplyListener = Callable[[Session, VerificationCase], None]
+_reply_listeners: list[ReplyListener] = []
+
+
+def on_reply(listener: ReplyListener) -> None:
+    """Let another domain act on the answer to a request it asked for (in the same transaction)."""
+    _reply_listeners.append(listener)
 
 
 # --- the answering side ----------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Staff API for 生育登记 on commitment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.births import service
+from service.births.schemas import BirthPage, BirthRegistrationCreate, BirthRegistrationRead, BirthReview
+from service.db import SessionDep
+from service.errors import problem_responses
+from service.exchange.security import SignerDep
+from service.models import BirthRegistrationStatus
+from service.staff.dependencies import Actor, Reader, Supervisor
+from service.staff.service import audit
+
+router = APIRouter(prefix="/api/v1/births", tags=["生育登记 births"])
+ERRORS = problem_responses(
+    {
+        401: "not_authenticated",
+        403: "forbidden (role)",
+        404: "not_found",
+        409: "invalid_state",
+        422: "validation_failed",
+    }
+)
+
+
+@router.post("", status_code=201, response_model=BirthRegistrationRead, responses=ERRORS)
+def register(
+    data: BirthRegistrationCreate, session: SessionDep, signer: SignerDep, staff: Actor
+) -> BirthRegistrationRead:
+    """Register a first or second child at once on the signed commitment; the origin is asked to verify."""
+    registration = service.register_birth(session, signer, data, staff.username)
+    session.commit()
+    assert registration.id is not None
+    audit(staff, "birth.register", f"birth:{registration.id}")
+    return service.read(session, registration)
+
+
+@router.get("", response_model=BirthPage, responses=ERRORS)
+def list_births(
+    session: SessionDep,
+    _staff: Reader,
+    status: BirthRegistrationStatus | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> BirthPage:
+    """``?status=review``: registrations the origin did not confirm."""
+    items, total = service.list_registrations(session, status, page, page_size)
+    return BirthPage(items=items, total=total)
+
+
+@router.get("/{registration_id}", response_model=BirthRegistrationRead, responses=ERRORS)
+def read(registration_id: int, session: SessionDep, staff: Reader) -> BirthRegistrationRead:
+    result = service.get(session, registration_id)
+    audit(staff, "birth.read", f"birth:{registration_id}")
+    return result
+
+
+@router.post("/{registration_id}/review", response_model=BirthRegistrationRead, responses=ERRORS)
+def decide(
+    registration_id: int, data: BirthReview, session: SessionDep, staff: Supervisor
+) -> BirthRegistrationRead:
+    """A supervisor confirms a registration in review, or keeps it in review with a note."""
+    registration = service.review(session, registration_id, data)
+    session.commit()
+    audit(staff, "birth.review", f"birth:{registration_id}")
+    return service.read(session, registration)
