@@ -29,6 +29,8 @@ peers_app = typer.Typer(help="The local directory of trusted peers and keys.", n
 staff_app = typer.Typer(help="Staff accounts of the county bureau.", no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
 app.add_typer(staff_app, name="staff")
+import_app = typer.Typer(help="Bulk imports (CSV or XLSX).", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 console = Console()
 
 
@@ -168,6 +170,19 @@ def staff_add(
         session.commit()
     console.print(f"staff {staff.username} ({staff.role.value}) created; bearer token (shown once):")
     print(token)
+
+
+@import_app.command("people")
+def import_people_command(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV (UTF-8 or GBK) or XLSX")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="validate every row, store nothing")] = False,
+    staff: Annotated[str, typer.Option(help="recorded as updated_by")] = "cli",
+) -> None:
+    """Import the migrant register (流动人口个案); exit 1 when some rows were bad."""
+    from service.people.cli import run_import
+
+    upgrade(get_engine())
+    raise typer.Exit(run_import(console, file, dry_run=dry_run, staff_username=staff))
 
 
 @app.command()

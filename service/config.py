@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.notifications.kinds import NotificationKind
 from service.sla.deadlines import DeadlineRule
 
 
@@ -38,12 +39,31 @@ class Settings(BaseSettings):
     relay_backoff_base_seconds: float = Field(default=2.0, gt=0)
     relay_backoff_cap_seconds: float = Field(default=3600.0, gt=0)
 
+    # Register import (流动人口个案): largest upload the staff API takes, rows per transaction.
+    people_import_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    people_import_batch_size: int = Field(default=1000, gt=0, le=100_000)
+
     # Deadlines (PROTOCOL.md "Delivery"): calendar or working days, Asia/Shanghai.
     deadline_urgent: DeadlineRule = DeadlineRule(days=15)
     deadline_normal: DeadlineRule = DeadlineRule(days=30)
     deadline_discrepancy: DeadlineRule = DeadlineRule(days=7)
+    deadline_notification_birth: DeadlineRule = DeadlineRule(days=30)  # 通报 ack: birth
+    deadline_notification_other: DeadlineRule = DeadlineRule(days=30)  # 通报 ack: every other kind
 
-    @field_validator("deadline_urgent", "deadline_normal", "deadline_discrepancy", mode="before")
+    # 通报 kinds acknowledged (接收确认) on receipt, without staff: e.g. '["arrival", "departure"]'.
+    notification_auto_ack_kinds: list[NotificationKind] = Field(default_factory=list)
+
+    # 婚育证明查验: send the certificate_discrepancy 协查 by itself (otherwise staff are offered it).
+    certificate_discrepancy_auto_send: bool = False
+
+    @field_validator(
+        "deadline_urgent",
+        "deadline_normal",
+        "deadline_discrepancy",
+        "deadline_notification_birth",
+        "deadline_notification_other",
+        mode="before",
+    )
     @classmethod
     def _deadline_over_default(cls, value: Any, info: ValidationInfo) -> Any:
         """``YIPANQI_DEADLINE_NORMAL__UNIT=working`` alone keeps the default number of days."""

@@ -13,6 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.births import routes as births
+from service.certificates import routes as certificates
+from service.certificates.peer import ENDPOINTS as CERTIFICATE_ENDPOINTS
 from service.config import Settings, get_settings
 from service.db import new_session
 from service.errors import PROBLEM_JSON, DomainError, Problem, ValidationFailed, problem_body
@@ -22,6 +25,9 @@ from service.exchange.inbox import PeerEndpoint
 from service.exchange.relay import Relay, RelayWorker
 from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response
 from service.health import routes as health
+from service.notifications import routes as notifications
+from service.notifications.peer import ENDPOINTS as NOTIFICATION_ENDPOINTS
+from service.people import routes as people
 from service.scheduler import build_scheduler
 from service.signing.node import load_signer
 from service.verification import routes as verification
@@ -29,7 +35,11 @@ from service.verification.peer import ENDPOINTS as VERIFICATION_ENDPOINTS
 
 log = logging.getLogger(__name__)
 
-PEER_ENDPOINTS: tuple[PeerEndpoint, ...] = (*VERIFICATION_ENDPOINTS,)
+PEER_ENDPOINTS: tuple[PeerEndpoint, ...] = (
+    *VERIFICATION_ENDPOINTS,
+    *NOTIFICATION_ENDPOINTS,
+    *CERTIFICATE_ENDPOINTS,
+)
 
 
 @asynccontextmanager
@@ -87,7 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.include_router(build_peer_router(PEER_ENDPOINTS))
     app.include_router(verification.router)
+    app.include_router(notifications.router)
+    app.include_router(births.router)
+    app.include_router(certificates.router)
     app.include_router(exchange_admin.router)
+    app.include_router(people.router)
     app.include_router(health.router)
     app.add_exception_handler(DomainError, _domain_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)

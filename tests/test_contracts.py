@@ -94,6 +94,13 @@ def test_openapi_carries_every_envelope_as_the_peer_request_body() -> None:
         operation = document["paths"][f"/peer/v1{endpoint.path}"]["post"]
         body = operation["requestBody"]["content"]["application/json"]["schema"]
         assert body == {"$ref": f"#/components/schemas/{name}"}
+        if endpoint.synchronous:  # answered at once (a certificate lookup): the answer, not a receipt
+            assert endpoint.response_model is not None
+            assert "202" not in operation["responses"]
+            assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+                "$ref": f"#/components/schemas/{endpoint.response_model.__name__}"
+            }
+            continue
         assert operation["responses"]["202"]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/Receipt"
         }

@@ -81,10 +81,18 @@ def query_peer(
     payload: BaseModel,
     client: httpx.Client | None = None,
 ) -> PeerAnswer:
-    """A synchronous signed call: the answer comes back in the response, signed by the peer."""
+    """A synchronous signed call: the answer comes back in the response, signed by the peer.
+
+    Ends the caller's transaction before the call (call it before writing anything): no lock —
+    on SQLite, the database's — may be held across an HTTP call to another county.
+    """
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("query_peer() must come before the caller's writes")
     peer = get_peer(session, recipient)
     if peer is None:
         raise ValidationFailed(f"node {recipient} is not in the directory", field="recipient")
+    base = peer.url
+    session.commit()
     message_id: UUID = uuid6.uuid7()
     body = envelope_body(
         message_id=message_id,
@@ -97,7 +105,7 @@ def query_peer(
     )
     http = client or httpx.Client(timeout=settings.peer_timeout_seconds)
     try:
-        response = post_signed(http, settings, signer, url=peer_url(peer.url, path), path=path, body=body)
+        response = post_signed(http, settings, signer, url=peer_url(base, path), path=path, body=body)
     except httpx.HTTPError as exc:
         raise PeerUnavailable(f"node {recipient} could not be reached: {type(exc).__name__}") from exc
     finally:

@@ -23,6 +23,7 @@ from service.signing.http import VerifiedSignature, content_digest
 class InboundMessage(Generic[P]):
     envelope: Envelope[P]
     received_at: datetime
+    keyid: str = ""  # the key that signed the request (``<node_id>/<label>``)
 
 
 # The receiver's handler returns the item's deadline (None where the protocol gives none).
@@ -131,7 +132,7 @@ def accept(
         return Accepted(200, _receipt(existing, "duplicate"))
     received_at = now.replace(microsecond=0)
     assert endpoint.handle is not None
-    due_at = endpoint.handle(session, InboundMessage(envelope, received_at))
+    due_at = endpoint.handle(session, InboundMessage(envelope, received_at, signature.keyid))
     row = InboxMessage(
         message_id=message_id,
         type=endpoint.message_type,
@@ -163,7 +164,8 @@ def answer(
     """Rules 7 and 8, then the domain's answer (which keeps its own log of what it disclosed)."""
     envelope = _validated(session, endpoint, body, signature, local_node, None, nonce_keep_until)
     assert endpoint.answer is not None
-    result = endpoint.answer(session, InboundMessage(envelope, now.replace(microsecond=0)))
+    inbound = InboundMessage(envelope, now.replace(microsecond=0), signature.keyid)
+    result = endpoint.answer(session, inbound)
     return Accepted(200, canonical_json(result.model_dump(mode="json")))
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -166,6 +167,9 @@ def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
             accepted = _accept_once(session, endpoint, peer, settings, signer.node_id, str(request_id))
             return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
 
+        # The path names its id as PROTOCOL.md does ({request_id}, {notification_id}, ...).
+        (name,) = re.findall(r"\{(\w+)\}", endpoint.path)
+        correlated.__annotations__["request_id"] = Annotated[UUID, Path(alias=name)]
         return correlated
 
     def plain(peer: VerifiedPeer, session: SessionDep, settings: SettingsDep, signer: SignerDep) -> Response:

@@ -74,6 +74,7 @@ class CertificateCheck(SQLModel, table=True):  # 婚育证明查验 (host side)
     message_id: str = Field(max_length=36, unique=True)
     person_id: int | None = Field(default=None, foreign_key="person.id")
     id_number: str = Field(max_length=18, index=True)
+    subject_name: str = Field(max_length=64)  # as the staff gave it: the 协查 subject if one is sent
     origin_node: str = Field(max_length=6)
     purpose: LookupPurpose = Field(max_length=32)
     found: bool

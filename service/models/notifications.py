@@ -10,16 +10,9 @@ from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
 from service.models.verification import Direction, Sex
+from service.notifications.kinds import NotificationKind
 
-
-class NotificationKind(StrEnum):
-    contraception = "contraception"  # 避孕节育
-    pregnancy = "pregnancy"  # 妊娠
-    birth = "birth"  # 生育 (一孩)
-    health_check = "health_check"  # 康检/三查
-    arrival = "arrival"  # 流入
-    departure = "departure"  # 流出
-    health_record_transfer = "health_record_transfer"  # 健康档案转移
+__all__ = ["Notification", "NotificationKind", "NotificationStatus"]
 
 
 class NotificationStatus(StrEnum):

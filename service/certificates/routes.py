@@ -1,0 +1,138 @@
+"""Staff API for 婚育证明: the origin's registry, the host's lookups (查验) and the check rate."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.certificates import lookups, rates, service
+from service.certificates.schemas import (
+    CertificateCancel,
+    CertificateCorrect,
+    CertificateIssue,
+    CertificateRead,
+    CheckPage,
+    CheckRate,
+    CheckSummary,
+    LookupCreate,
+    LookupResult,
+    PersonCheckStatus,
+)
+from service.db import SessionDep
+from service.errors import problem_responses
+from service.exchange.security import SettingsDep, SignerDep
+from service.models import CertificateCheck
+from service.staff.dependencies import Actor, Reader
+from service.staff.service import audit
+
+router = APIRouter(prefix="/api/v1/certificates", tags=["婚育证明 certificates"])
+
+STAFF_ERRORS = {
+    401: "not_authenticated",
+    403: "forbidden (role)",
+    404: "not_found",
+    409: "invalid_state",
+    422: "validation_failed",
+    502: "peer_unavailable (the origin did not give a valid signed answer)",
+}
+Year = Annotated[int, Query(ge=2000, le=2100, description="calendar year (Asia/Shanghai)")]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+
+
+@router.post("", status_code=201, response_model=CertificateRead, responses=_errors(404, 409, 422))
+def issue(data: CertificateIssue, session: SessionDep, staff: Actor) -> CertificateRead:
+    """Issue the certificate of a woman 18–49 in this node's own register (origin side)."""
+    certificate = service.issue(session, data.person_id, staff.username)
+    session.commit()
+    assert certificate.id is not None
+    audit(staff, "certificate.issue", f"certificate:{certificate.id}")
+    return service.read(session, certificate.id)
+
+
+@router.post("/lookup", response_model=LookupResult, responses=_errors(422, 502))
+def lookup(
+    data: LookupCreate, session: SessionDep, settings: SettingsDep, signer: SignerDep, staff: Actor
+) -> LookupResult:
+    """查验: ask the person's origin for her certificate; the signed answer is kept as the check."""
+    result = lookups.lookup(session, settings, signer, data, staff.username)
+    session.commit()
+    audit(staff, "certificate.lookup", f"check:{result.check_id}")
+    return result
+
+
+@router.get("/checks", response_model=CheckPage, responses=_errors(404))
+def list_checks(
+    session: SessionDep,
+    _staff: Reader,
+    person_id: Annotated[int | None, Query(ge=1)] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> CheckPage:
+    """Checks made here, newest first; ``?person_id=`` for one person of the register."""
+    return lookups.list_checks(session, person_id=person_id, page=page, page_size=page_size)
+
+
+@router.post(
+    "/checks/{check_id}/discrepancy-request",
+    status_code=201,
+    response_model=CheckSummary,
+    responses=_errors(404, 409, 422),
+)
+def discrepancy_request(check_id: int, session: SessionDep, signer: SignerDep, staff: Actor) -> CheckSummary:
+    """Send the origin the certificate_discrepancy 协查 this check suggested (7-day deadline)."""
+    lookups.send_discrepancy(session, signer, check_id, staff.username)
+    session.commit()
+    audit(staff, "certificate.discrepancy_request", f"check:{check_id}")
+    check = session.get(CertificateCheck, check_id)
+    assert check is not None
+    return lookups.summary(check)
+
+
+@router.get("/check-rate", response_model=CheckRate, responses=_errors(422))
+def check_rate(year: Year, session: SessionDep, _staff: Reader) -> CheckRate:
+    """婚育证明查验率 of this node for a calendar year."""
+    return rates.node_check_rate(session, year)
+
+
+@router.get("/check-status", response_model=PersonCheckStatus, responses=_errors(404, 422))
+def check_status(
+    person_id: Annotated[int, Query(ge=1)], year: Year, session: SessionDep, staff: Reader
+) -> PersonCheckStatus:
+    """Whether one person counts as checked for a year, and why."""
+    status = rates.person_check_status(session, person_id, year)
+    audit(staff, "certificate.check_status", f"person:{person_id}")
+    return status
+
+
+@router.get("/{certificate_id}", response_model=CertificateRead, responses=_errors(404))
+def read(certificate_id: int, session: SessionDep, staff: Reader) -> CertificateRead:
+    """The certificate as it reads now, with every version (who changed what, when, why)."""
+    certificate = service.read(session, certificate_id)
+    audit(staff, "certificate.read", f"certificate:{certificate_id}")
+    return certificate
+
+
+@router.patch("/{certificate_id}", response_model=CertificateRead, responses=_errors(404, 409, 422))
+def correct(
+    certificate_id: int, data: CertificateCorrect, session: SessionDep, staff: Actor
+) -> CertificateRead:
+    """Correct what the certificate shows; each correction is a new version with its reason."""
+    service.correct(session, certificate_id, data, staff.username)
+    session.commit()
+    audit(staff, "certificate.correct", f"certificate:{certificate_id}")
+    return service.read(session, certificate_id)
+
+
+@router.post("/{certificate_id}/cancel", response_model=CertificateRead, responses=_errors(404, 409, 422))
+def cancel(
+    certificate_id: int, data: CertificateCancel, session: SessionDep, staff: Actor
+) -> CertificateRead:
+    """Cancel (注销) a certificate; it stays on record with its versions."""
+    service.cancel(session, certificate_id, data.reason, staff.username)
+    session.commit()
+    audit(staff, "certificate.cancel", f"certificate:{certificate_id}")
+    return service.read(session, certificate_id)

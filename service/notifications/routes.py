@@ -1,0 +1,88 @@
+"""Staff API for 通报 (thin: the logic is in service.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from service.db import SessionDep
+from service.errors import problem_responses
+from service.exchange.security import SignerDep
+from service.models import Direction, NotificationKind, NotificationStatus
+from service.notifications import service
+from service.notifications.schemas import NotificationCreate, NotificationRead, Page
+from service.staff.dependencies import Actor, Reader
+from service.staff.service import audit
+from service.subjects import NodeId
+
+router = APIRouter(prefix="/api/v1/notifications", tags=["通报 notifications"])
+
+STAFF_ERRORS = {
+    401: "not_authenticated",
+    403: "forbidden (role)",
+    404: "not_found",
+    409: "invalid_state",
+    422: "validation_failed",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+
+
+@router.post("", status_code=201, response_model=NotificationRead, responses=_errors(422))
+def create(
+    data: NotificationCreate, session: SessionDep, signer: SignerDep, staff: Actor
+) -> NotificationRead:
+    """Send a 通报 to another county (queued in the outbox, delivered by the relay)."""
+    notification = service.create_outgoing(session, signer, data, staff.username)
+    session.commit()
+    assert notification.id is not None
+    audit(staff, "notification.create", f"notification:{notification.id}")
+    return service.get_notification(session, notification.id)
+
+
+@router.get("", response_model=Page, responses=_errors())
+def list_notifications(
+    session: SessionDep,
+    _staff: Reader,
+    direction: Direction | None = None,
+    status: NotificationStatus | None = None,
+    kind: NotificationKind | None = None,
+    overdue: bool | None = None,
+    peer: NodeId | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page:
+    """Soonest ack deadline first; ``?direction=incoming&status=received`` is the 待办 queue."""
+    items, total = service.list_notifications(
+        session,
+        direction=direction,
+        status=status,
+        kind=kind,
+        overdue=overdue,
+        peer=peer,
+        page=page,
+        page_size=page_size,
+    )
+    return Page(items=items, total=total, page=page, page_size=page_size)
+
+
+@router.get("/{notification_id}", response_model=NotificationRead, responses=_errors(404))
+def read(notification_id: int, session: SessionDep, staff: Reader) -> NotificationRead:
+    """One notification with its details, message history and receipts."""
+    notification = service.get_notification(session, notification_id)
+    audit(staff, "notification.read", f"notification:{notification_id}")
+    return notification
+
+
+@router.post("/{notification_id}/ack", response_model=NotificationRead, responses=_errors(404, 409))
+def acknowledge(
+    notification_id: int, session: SessionDep, signer: SignerDep, staff: Actor
+) -> NotificationRead:
+    """接收确认: acknowledge an incoming notification (the ack is sent to its sender)."""
+    service.acknowledge(session, signer, notification_id)
+    session.commit()
+    audit(staff, "notification.ack", f"notification:{notification_id}")
+    return service.get_notification(session, notification_id)

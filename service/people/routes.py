@@ -1,0 +1,135 @@
+"""Staff API for the migrant register (thin: the logic is in service.py and importer.py)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, UploadFile
+
+from service.db import SessionDep
+from service.errors import PayloadTooLarge, problem_responses
+from service.exchange.security import SettingsDep, SignerDep
+from service.people import importer, service
+from service.people.schemas import ImportReport, MergeRequest, Page, PersonCreate, PersonRead, PersonUpdate
+from service.staff.dependencies import Actor, Reader, Supervisor
+from service.staff.service import audit
+from service.subjects import IdNumber, NodeId, PersonName
+
+router = APIRouter(prefix="/api/v1/people", tags=["流动人口 register"])
+
+STAFF_ERRORS = {
+    401: "not_authenticated",
+    403: "forbidden (role)",
+    404: "not_found",
+    409: "duplicate_person, invalid_state",
+    413: "payload_too_large",
+    422: "validation_failed, invalid_file",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+
+
+@router.post("", status_code=201, response_model=PersonRead, responses=_errors(409, 422))
+def create(data: PersonCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> PersonRead:
+    """Register a person (one record per ID number); look-alikes come back in ``possible_duplicates``.
+
+    An arrival at this node from another county sends the arrival notification (流入通报) by itself.
+    """
+    person, _ = service.create_person(session, signer, data, staff.username)
+    session.commit()
+    assert person.id is not None
+    audit(staff, "people.create", f"person:{person.id}")
+    return service.get_person(session, person.id)
+
+
+@router.get("", response_model=Page, responses=_errors(422))
+def search(
+    session: SessionDep,
+    staff: Reader,
+    id_number: IdNumber | None = None,
+    name: PersonName | None = None,
+    origin_node: NodeId | None = None,
+    host_node: NodeId | None = None,
+    arrived_from: date | None = None,
+    arrived_to: date | None = None,
+    include_merged: bool = False,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page:
+    """Records matching every filter given (ID number exact), the ID number masked; merged ones left out."""
+    items, total = service.search(
+        session,
+        id_number=id_number,
+        name=name,
+        origin_node=origin_node,
+        host_node=host_node,
+        arrived_from=arrived_from,
+        arrived_to=arrived_to,
+        include_merged=include_merged,
+        page=page,
+        page_size=page_size,
+    )
+    used = [k for k, v in (("id_number", id_number), ("name", name)) if v is not None]
+    audit(staff, "people.search", f"filters:{','.join(used) or '-'} results:{total}")
+    return Page(items=items, total=total, page=page, page_size=page_size)
+
+
+@router.post("/import", response_model=ImportReport, responses=_errors(413, 422))
+def import_file(
+    file: UploadFile,
+    session: SessionDep,
+    signer: SignerDep,
+    settings: SettingsDep,
+    staff: Actor,
+    dry_run: bool = False,
+) -> ImportReport:
+    """Import a register file (CSV in UTF-8 or GBK/GB18030, or XLSX); the report lists each bad row.
+
+    Nothing of a bad row is stored; good rows are stored batch by batch; ``dry_run`` stores nothing.
+    """
+    limit = settings.people_import_max_bytes
+    content = file.file.read(limit + 1)
+    if len(content) > limit:
+        raise PayloadTooLarge(f"the file is larger than {limit} bytes")
+    table = importer.read_table(content)
+    report = importer.import_people(
+        session,
+        signer,
+        table,
+        staff.username,
+        dry_run=dry_run,
+        batch_size=settings.people_import_batch_size,
+        commit=session.commit,
+    )
+    session.commit()
+    audit(staff, "people.import", f"rows:{report.rows} stored:{report.stored} bad:{report.bad}")
+    return report
+
+
+@router.get("/{person_id}", response_model=PersonRead, responses=_errors(404))
+def read(person_id: int, session: SessionDep, staff: Reader) -> PersonRead:
+    """One record with its children and look-alikes."""
+    person = service.get_person(session, person_id)
+    audit(staff, "people.read", f"person:{person_id}")
+    return person
+
+
+@router.patch("/{person_id}", response_model=PersonRead, responses=_errors(404, 409, 422))
+def update(person_id: int, data: PersonUpdate, session: SessionDep, staff: Actor) -> PersonRead:
+    """Change the fields given; the whole record is checked again."""
+    service.update_person(session, person_id, data, staff.username)
+    session.commit()
+    audit(staff, "people.update", f"person:{person_id}")
+    return service.get_person(session, person_id)
+
+
+@router.post("/{person_id}/merge", response_model=PersonRead, responses=_errors(404, 409, 422))
+def merge(person_id: int, data: MergeRequest, session: SessionDep, staff: Supervisor) -> PersonRead:
+    """清理重复人口信息: keep this record, fold ``duplicate_id`` into it (supervisor or admin)."""
+    service.merge(session, person_id, data.duplicate_id, staff.username)
+    session.commit()
+    audit(staff, "people.merge", f"person:{person_id} duplicate:{data.duplicate_id}")
+    return service.get_person(session, person_id)
