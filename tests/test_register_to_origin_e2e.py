@@ -84,8 +84,9 @@ def incoming_arrivals(node: LocalNode) -> list[dict[str, Any]]:
 def test_register_arrivals_certificates_and_check_rate(network: NetworkFactory) -> None:
     host, origin_a, origin_b = network([HOST, ORIGIN_A, ORIGIN_B])
     # The origins hold their women (B2 is unknown at hers).
-    assert upload(origin_a, HEADER + row("A1") + row("A2"), "utf-8")["stored"] == 2
-    assert upload(origin_b, HEADER + row("B1"), "utf-8")["stored"] == 1
+    at_a = upload(origin_a, HEADER + row("A1") + row("A2"), "utf-8")
+    assert (at_a["stored"], at_a["certificates"]) == (2, 2)  # registered at her origin: certificate held
+    assert upload(origin_b, HEADER + row("B1"), "utf-8")["certificates"] == 1
 
     # The host imports a GBK file from the township, with one bad row (wrong check digit).
     bad = row("A1").replace(WOMEN["A1"][0], WOMEN["A1"][0][:17] + ("0" if WOMEN["A1"][0][17] != "0" else "1"))

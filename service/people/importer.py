@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import insert as sa_insert
 from sqlmodel import Session
 
+from service.certificates import service as certificates
 from service.errors import DomainError, ProblemField
 from service.models import ContraceptionMethod, MaritalStatus, Person
 from service.people import service
@@ -258,6 +259,13 @@ class _Run:
                     self.session, self.signer, person, self.staff_username
                 ):
                     self.report.notifications += 1
+            if pid is not None and row["origin_node"] == self.signer.node_id and row["marital_status"]:
+                # 信息登记入库即视为婚育证明办理: registered at her origin, she holds the certificate.
+                person = self.session.get(Person, pid)
+                if person is not None and certificates.sync_certificate(
+                    self.session, person, self.staff_username, "registered (import)"
+                ):
+                    self.report.certificates += 1
         self.report.stored += 0 if self.dry_run else len(good)
 
 

@@ -156,6 +156,7 @@ class ImportReport(BaseModel):
     bad_rows: list[BadRow]
     possible_duplicates: list[LookalikeRow]
     notifications: int = Field(description="arrival notifications queued for the origins")
+    certificates: int = Field(default=0, description="婚育证明 issued (women registered at their origin)")
 
 
 def _dates_in_range(data: PersonCreate, day: date) -> list[ProblemField]:
