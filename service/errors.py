@@ -33,6 +33,23 @@ class Problem(BaseModel):
     )
 
 
+STAFF_ERROR_CODES = {
+    401: "not_authenticated",
+    403: "forbidden (role)",
+    404: "not_found",
+    409: "invalid_state",
+    413: "payload_too_large",
+    422: "validation_failed",
+    502: "peer_unavailable (the other county's node gave no valid signed answer)",
+}
+
+
+def staff_errors(*statuses: int, codes: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """The staff API's error answers: 401 and 403 always, then ``statuses`` (``codes`` renames)."""
+    descriptions = {**STAFF_ERROR_CODES, **(codes or {})}
+    return problem_responses({s: descriptions[s] for s in (401, 403, *statuses)})
+
+
 def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for error answers, each a problem+json document."""
     schema = {"$ref": "#/components/schemas/Problem"}

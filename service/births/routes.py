@@ -9,22 +9,14 @@ from fastapi import APIRouter, Query
 from service.births import service
 from service.births.schemas import BirthPage, BirthRegistrationCreate, BirthRegistrationRead, BirthReview
 from service.db import SessionDep
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import BirthRegistrationStatus
 from service.staff.dependencies import Actor, Reader, Supervisor
 from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/births", tags=["生育登记 births"])
-ERRORS = problem_responses(
-    {
-        401: "not_authenticated",
-        403: "forbidden (role)",
-        404: "not_found",
-        409: "invalid_state",
-        422: "validation_failed",
-    }
-)
+ERRORS = staff_errors(404, 409, 422)
 
 
 @router.post("", status_code=201, response_model=BirthRegistrationRead, responses=ERRORS)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -20,7 +20,7 @@ from service.certificates.schemas import (
     PersonCheckStatus,
 )
 from service.db import SessionDep
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.models import CertificateCheck
 from service.staff.dependencies import Actor, Reader
@@ -28,19 +28,9 @@ from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/certificates", tags=["婚育证明 certificates"])
 
-STAFF_ERRORS = {
-    401: "not_authenticated",
-    403: "forbidden (role)",
-    404: "not_found",
-    409: "invalid_state",
-    422: "validation_failed",
-    502: "peer_unavailable (the origin did not give a valid signed answer)",
-}
 Year = Annotated[int, Query(ge=2000, le=2100, description="calendar year (Asia/Shanghai)")]
 
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+_errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=CertificateRead, responses=_errors(404, 409, 422))

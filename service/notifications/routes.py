@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from service.db import SessionDep
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import Direction, NotificationKind, NotificationStatus
 from service.notifications import service
@@ -18,17 +18,8 @@ from service.subjects import NodeId
 
 router = APIRouter(prefix="/api/v1/notifications", tags=["通报 notifications"])
 
-STAFF_ERRORS = {
-    401: "not_authenticated",
-    403: "forbidden (role)",
-    404: "not_found",
-    409: "invalid_state",
-    422: "validation_failed",
-}
 
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+_errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=NotificationRead, responses=_errors(422))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, UploadFile
 
 from service.db import SessionDep
-from service.errors import PayloadTooLarge, problem_responses
+from service.errors import PayloadTooLarge, staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.people import importer, service
 from service.people.schemas import ImportReport, MergeRequest, Page, PersonCreate, PersonRead, PersonUpdate
@@ -18,18 +18,11 @@ from service.subjects import IdNumber, NodeId, PersonName
 
 router = APIRouter(prefix="/api/v1/people", tags=["流动人口 register"])
 
-STAFF_ERRORS = {
-    401: "not_authenticated",
-    403: "forbidden (role)",
-    404: "not_found",
-    409: "duplicate_person, invalid_state",
-    413: "payload_too_large",
-    422: "validation_failed, invalid_file",
-}
-
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+    return staff_errors(
+        *statuses, codes={409: "duplicate_person, invalid_state", 422: "validation_failed, invalid_file"}
+    )
 
 
 @router.post("", status_code=201, response_model=PersonRead, responses=_errors(409, 422))

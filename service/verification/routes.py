@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from service.db import SessionDep
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import CaseStatus, Direction
 from service.staff.dependencies import Actor, Reader
@@ -19,17 +19,7 @@ from service.verification.schemas import AckCreate, CaseRead, Page, ReplyCreate,
 router = APIRouter(prefix="/api/v1/verification-requests", tags=["协查 verification"])
 
 
-STAFF_ERRORS = {
-    401: "not_authenticated",
-    403: "forbidden (role)",
-    404: "not_found",
-    409: "invalid_state",
-    422: "validation_failed",
-}
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return problem_responses({s: STAFF_ERRORS[s] for s in (401, 403, *statuses)})
+_errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=CaseRead, responses=_errors(422))
