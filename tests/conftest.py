@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,9 +33,18 @@ def free_port() -> int:
 
 
 def free_ports(n: int) -> int:
-    """First of ``n`` consecutive free ports."""
+    """First of ``n`` consecutive free ports, taken below the kernel's ephemeral range.
+
+    A node stopped and started again must find its port still free; in the ephemeral range any
+    outgoing connection on the machine (a pooled database connection, an API call) may have been
+    given it meanwhile, and the restart fails with "address already in use".
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(50):
-        base = free_port()
+        base = random.randrange(10000, low - n) if low - n > 10000 else free_port()
         ok = True
         for p in range(base, base + n):
             with socket.socket() as s:
