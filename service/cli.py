@@ -198,6 +198,20 @@ def demo(
     raise typer.Exit(run_demo(console, base_port=base_port, once=once))
 
 
+@app.command()
+def report(
+    month: Annotated[str, typer.Option(help="YYYY-MM, a complete month (Asia/Shanghai)")],
+    format: Annotated[str, typer.Option("--format", help="table, csv or xlsx")] = "table",
+    output: Annotated[Path | None, typer.Option(help="write here (csv: standard output by default)")] = None,
+    regenerate: Annotated[bool, typer.Option(help="compute anew and replace the stored report")] = False,
+) -> None:
+    """The monthly SLA report (月报): stored when first generated, with targets from the settings."""
+    from service.sla.cli import run_report
+
+    upgrade(get_engine())
+    raise typer.Exit(run_report(console, month, format, output, regenerate=regenerate))
+
+
 @app.command("public-key")
 def show_public_key() -> None:
     """Print this node's keyid and public key (for peers' directories)."""

@@ -1,15 +1,40 @@
-"""The one source of time: tests move it, everything else reads it."""
+"""The one source of time: tests move it, everything else reads it.
+
+``YIPANQI_CLOCK_OFFSET_SECONDS`` (read once, when the process starts) shifts a node's clock by
+that many seconds, negative for the past: tests start real nodes days or weeks ahead to see
+reminders and overdue items without waiting. Never set it in production.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+
+OFFSET_ENV = "YIPANQI_CLOCK_OFFSET_SECONDS"
+
+
+def offset_from_env(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """The clock offset the environment asks for; a value that is not a finite number is refused."""
+    raw = environ.get(OFFSET_ENV, "").strip()
+    if not raw:
+        return timedelta(0)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{OFFSET_ENV} must be a number of seconds, not {raw!r}") from None
+    if not math.isfinite(seconds) or abs(seconds) > 100 * 366 * 86400:
+        raise ValueError(f"{OFFSET_ENV} must be a finite number of seconds within a century")
+    return timedelta(seconds=seconds)
 
 
 class Clock:
     """UTC wall clock with an optional offset (for tests that move time)."""
 
-    def __init__(self) -> None:
-        self._offset = timedelta(0)
+    def __init__(self, offset: timedelta = timedelta(0)) -> None:
+        self._start_offset = offset
+        self._offset = offset
         self._frozen: datetime | None = None
 
     def now(self) -> datetime:
@@ -26,12 +51,17 @@ class Clock:
         else:
             self._offset += delta
 
+    @property
+    def offset(self) -> timedelta:
+        return self._offset
+
     def reset(self) -> None:
-        self._offset = timedelta(0)
+        """Back to the offset the process started with (none unless the environment set one)."""
+        self._offset = self._start_offset
         self._frozen = None
 
 
-clock = Clock()
+clock = Clock(offset_from_env())
 
 
 def utcnow() -> datetime:

@@ -56,12 +56,26 @@ class Settings(BaseSettings):
     # 婚育证明查验: send the certificate_discrepancy 协查 by itself (otherwise staff are offered it).
     certificate_discrepancy_auto_send: bool = False
 
+    # SLA sweeps (service/sla/sweeps.py): remind staff this many (working) days before the due day,
+    # mark items overdue once due_at has passed and, if escalate_overdue, tell the supervisor too.
+    reminder_before: DeadlineRule = DeadlineRule(days=2, unit="working")
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    escalate_overdue: bool = True
+
+    # Monthly report targets (DOMAIN.md "Targets"), each a share in (0, 1]; rows below are marked.
+    target_feedback_rate: float = Field(default=0.96, gt=0, le=1)  # 重点服务对象协查信息反馈率
+    target_processing_rate: float = Field(default=0.96, gt=0, le=1)  # 待办事宜处理率
+    target_send_receive_rate: float = Field(default=0.96, gt=0, le=1)  # 信息发送接收率
+    target_check_rate: float = Field(default=0.92, gt=0, le=1)  # 婚育证明查验率 (no figure in 004)
+    target_accuracy_rate: float = Field(default=0.96, gt=0, le=1)  # 个案信息准确率
+
     @field_validator(
         "deadline_urgent",
         "deadline_normal",
         "deadline_discrepancy",
         "deadline_notification_birth",
         "deadline_notification_other",
+        "reminder_before",
         mode="before",
     )
     @classmethod

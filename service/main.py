@@ -24,12 +24,16 @@ from service.exchange.envelope import canonical_json
 from service.exchange.inbox import PeerEndpoint
 from service.exchange.relay import Relay, RelayWorker
 from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response
+from service.health import metrics
 from service.health import routes as health
+from service.health.metrics import NodeMetrics
+from service.notices import routes as notices
 from service.notifications import routes as notifications
 from service.notifications.peer import ENDPOINTS as NOTIFICATION_ENDPOINTS
 from service.people import routes as people
-from service.scheduler import build_scheduler
+from service.scheduler import Heartbeat, build_scheduler
 from service.signing.node import load_signer
+from service.sla import routes as reports
 from service.verification import routes as verification
 from service.verification.peer import ENDPOINTS as VERIFICATION_ENDPOINTS
 
@@ -48,12 +52,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     with new_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
     hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
-    app.state.relay = Relay(settings, new_session, app.state.signer, hooks)
+    app.state.relay = Relay(settings, new_session, app.state.signer, hooks, metrics=app.state.metrics)
     worker = RelayWorker(app.state.relay, settings.relay_interval_seconds)
     app.state.relay_worker = worker
     if settings.relay_enabled:
         worker.start()
-    scheduler = build_scheduler()
+    app.state.sla_heartbeat = Heartbeat()
+    scheduler = build_scheduler(settings, app.state.sla_heartbeat)
+    app.state.scheduler = scheduler
     scheduler.start()
     log.info("node ready node_id=%s keyid=%s", app.state.signer.node_id, app.state.signer.keyid)
     try:
@@ -95,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
+    app.state.metrics = NodeMetrics()
     app.include_router(build_peer_router(PEER_ENDPOINTS))
     app.include_router(verification.router)
     app.include_router(notifications.router)
@@ -102,7 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(certificates.router)
     app.include_router(exchange_admin.router)
     app.include_router(people.router)
+    app.include_router(reports.router)
+    app.include_router(notices.router)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.add_exception_handler(DomainError, _domain_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)

@@ -2,14 +2,67 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from functools import partial
+
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from service.config import Settings, get_settings
 from service.exchange.jobs import nonce_sweep_job
+from service.sla.jobs import monthly_report_job, sla_sweep_job
 
 
-def build_scheduler() -> BackgroundScheduler:
+class Heartbeat:
+    """When the SLA sweep last finished, on the monotonic clock (a moved wall clock cannot fake it)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last: float | None = None
+
+    def beat(self) -> None:
+        self.last = time.monotonic()
+
+    def fresh(self, stale_after_seconds: float) -> bool:
+        """A sweep finished within the window (or the scheduler started within it: the first runs now)."""
+        reference = self.last if self.last is not None else self.started
+        return time.monotonic() - reference < stale_after_seconds
+
+
+def stale_after_seconds(settings: Settings) -> float:
+    """How long /readyz waits for a sweep before it says the scheduler stalled."""
+    return max(120.0, 3 * settings.sweep_interval_seconds)
+
+
+def build_scheduler(
+    settings: Settings | None = None, heartbeat: Heartbeat | None = None
+) -> BackgroundScheduler:
+    settings = settings or get_settings()
     scheduler = BackgroundScheduler(timezone="UTC")
+    # Reminders, overdue and escalations; the first run at start, then every sweep_interval_seconds.
+    scheduler.add_job(
+        partial(sla_sweep_job, heartbeat.beat if heartbeat is not None else None),
+        "interval",
+        seconds=settings.sweep_interval_seconds,
+        next_run_time=datetime.now(UTC),  # APScheduler runs on the real clock, not the moved one
+        id="sla_sweep",
+        max_instances=1,
+        coalesce=True,
+    )
     scheduler.add_job(
         nonce_sweep_job, "interval", minutes=5, id="nonce_sweep", max_instances=1, coalesce=True
+    )
+    # 月报: last month's report on the 1st (Asia/Shanghai); hourly through the 4th in case every
+    # replica was down on the 1st. Idempotent: a stored report is left as it is.
+    scheduler.add_job(
+        monthly_report_job,
+        "cron",
+        day="1-4",
+        hour="*",
+        minute=7,
+        timezone="Asia/Shanghai",
+        id="monthly_report",
+        max_instances=1,
+        coalesce=True,
     )
     return scheduler

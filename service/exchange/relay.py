@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 from pydantic import ValidationError
@@ -60,6 +60,14 @@ def backoff_delay(attempts: int, base: float, cap: float) -> timedelta:
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
 
 
+class RelayMetrics(Protocol):
+    """What the relay reports (service/health/metrics.py's NodeMetrics)."""
+
+    def outgoing(self, message_type: str, outcome: str) -> None: ...
+
+    def delivered(self, message_type: str, created_at: datetime, delivered_at: datetime) -> None: ...
+
+
 class Relay:
     def __init__(
         self,
@@ -68,7 +76,9 @@ class Relay:
         signer: NodeSigner,
         hooks: Mapping[str, ReceiptHook],
         client: httpx.Client | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.session_factory = session_factory
         self.signer = signer
@@ -177,12 +187,14 @@ class Relay:
 
     def record(self, row: OutboxMessage, attempt: Attempt) -> None:
         now = utcnow()
+        outcome: str = attempt.result
         with self.session_factory() as session:
             if attempt.result == "delivered" and attempt.receipt is not None:
                 self._record_delivery(session, row, attempt, now)
             else:
                 # row.attempts already counts this attempt (claim() increments it).
                 dead = attempt.result == "dead" or row.attempts >= self.settings.relay_max_attempts
+                outcome = "dead" if dead else "retry"
                 delay = backoff_delay(
                     row.attempts,
                     self.settings.relay_backoff_base_seconds,
@@ -214,6 +226,8 @@ class Relay:
                     attempt.error,
                 )
             session.commit()
+        if self.metrics is not None:
+            self.metrics.outgoing(row.type, outcome)
 
     def _record_delivery(self, session: Session, row: OutboxMessage, attempt: Attempt, now: datetime) -> None:
         receipt = attempt.receipt
@@ -238,6 +252,8 @@ class Relay:
                 receipt_due_at=receipt.due_at,
             )
         )
+        if result.rowcount == 1 and self.metrics is not None:
+            self.metrics.delivered(row.type, row.created_at, now)
         if result.rowcount == 1 and (hook := self.hooks.get(row.type)) is not None:
             session.flush()
             fresh = session.get(OutboxMessage, row.message_id)

@@ -65,6 +65,15 @@ def problem_response(error: DomainError) -> Response:
     return Response(canonical_json(error.problem()), status_code=error.status_code, media_type=PROBLEM_JSON)
 
 
+def _outcome(route_status: int | None, status: int) -> str:
+    """accepted (stored, 202), duplicate (a retry, 200), answered (a synchronous 200) or rejected."""
+    if status == 202:
+        return "accepted"
+    if status == 200:
+        return "answered" if route_status == 200 else "duplicate"
+    return "rejected"
+
+
 class SignedPeerRoute(APIRoute):
     """Renders errors as problem+json and signs every response, errors included."""
 
@@ -72,8 +81,10 @@ class SignedPeerRoute(APIRoute):
         original = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
+            outcome = "rejected"
             try:
                 response = await original(request)
+                outcome = _outcome(self.status_code, response.status_code)
             except (DomainError, RequestValidationError) as exc:
                 bad_path = InvalidMessage("path parameter does not validate")
                 error = exc if isinstance(exc, DomainError) else bad_path
@@ -85,6 +96,9 @@ class SignedPeerRoute(APIRoute):
                     request.client.host if request.client else "-",
                 )
                 response = problem_response(error)
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:  # the route's name is its message type (build_peer_router)
+                metrics.incoming(self.name, outcome)
             return signed(response, request.app.state.signer)
 
         return handler
@@ -204,6 +218,7 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             status_code=200 if endpoint.synchronous else 202,
             summary=endpoint.summary or endpoint.message_type,
             operation_id=endpoint.message_type.replace(".", "_"),
+            name=endpoint.message_type,
             response_model=endpoint.response_model if endpoint.synchronous else Receipt,
             responses=PEER_ERRORS if endpoint.synchronous else {**DUPLICATE, **PEER_ERRORS},
             openapi_extra={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -10,6 +11,7 @@ from sqlalchemy import text
 
 from service.clock import utcnow
 from service.db import new_session
+from service.scheduler import stale_after_seconds
 
 router = APIRouter(tags=["health"])
 
@@ -43,6 +45,21 @@ def readyz(request: Request) -> JSONResponse:
         beat = worker.relay.heartbeat
         fresh = worker.alive and beat is not None and utcnow() - beat < stale_after
         checks["relay"] = "ok" if fresh else "stalled"
-    ready = checks["database"] == "ok" and checks["signing_key"] == "ok" and checks["relay"] != "stalled"
+    checks["scheduler"] = _scheduler_check(state)
+    ready = (
+        checks["database"] == "ok"
+        and checks["signing_key"] == "ok"
+        and checks["relay"] != "stalled"
+        and checks["scheduler"] == "ok"
+    )
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _scheduler_check(state: Any) -> str:
+    """ok while the scheduler runs and the SLA sweep finished recently (service/scheduler.py)."""
+    scheduler, heartbeat = getattr(state, "scheduler", None), getattr(state, "sla_heartbeat", None)
+    if scheduler is None or heartbeat is None:
+        return "stalled"  # not started (the lifespan did not run)
+    fresh = scheduler.running and heartbeat.fresh(stale_after_seconds(state.settings))
+    return "ok" if fresh else "stalled"

@@ -14,6 +14,7 @@ from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, S
 from service.models.node import LocalNode, NodeKey
 from service.models.notifications import Notification, NotificationKind, NotificationStatus
 from service.models.people import Child, ContraceptionMethod, MaritalStatus, Person
+from service.models.sla import ItemType, MonthlyReport, NoticeKind, StaffNotice
 from service.models.staff import Role, Staff
 from service.models.verification import (
     CaseStatus,
@@ -37,11 +38,14 @@ __all__ = [
     "ContraceptionMethod",
     "Direction",
     "InboxMessage",
+    "ItemType",
     "LocalNode",
     "LookupLog",
     "LookupPurpose",
     "MaritalStatus",
+    "MonthlyReport",
     "NodeKey",
+    "NoticeKind",
     "Notification",
     "NotificationKind",
     "NotificationStatus",
@@ -56,6 +60,7 @@ __all__ = [
     "SeenNonce",
     "Sex",
     "Staff",
+    "StaffNotice",
     "Topic",
     "VerificationCase",
 ]

@@ -45,5 +45,6 @@ class Notification(SQLModel, table=True):  # 通报
     acknowledged_at: datetime | None = utc_field(nullable=True)
     ack_received_at: datetime | None = utc_field(nullable=True)
     auto_acknowledged: bool = False
+    overdue_at: datetime | None = utc_field(nullable=True)  # when the SLA sweep found it past due_at
     created_by: str | None = Field(default=None, max_length=64)
     updated_at: datetime = utc_field(default_now=True)

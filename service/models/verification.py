@@ -76,6 +76,7 @@ class VerificationCase(SQLModel, table=True):  # 协查个案
     answered_at: datetime | None = utc_field(nullable=True)
     reply_received_at: datetime | None = utc_field(nullable=True)  # the reply's receipt: judged on time
     outcome: Outcome | None = Field(default=None, max_length=32)
+    overdue_at: datetime | None = utc_field(nullable=True)  # when the SLA sweep found it past due_at
     findings: str | None = Field(default=None, sa_type=Text)
     created_by: str | None = Field(default=None, max_length=64)
     updated_at: datetime = utc_field(default_now=True)

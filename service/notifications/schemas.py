@@ -244,6 +244,7 @@ class NotificationSummary(BaseModel):
     status: NotificationStatus
     kind: NotificationKind
     overdue: bool = Field(description="incoming or outgoing, not acknowledged by due_at")
+    overdue_at: datetime | None = Field(description="when the SLA sweep first found it overdue (kept)")
     subject_id_number_masked: str
     occurred_on: date
     person_id: int | None

@@ -275,6 +275,7 @@ def summary(n: Notification, now: datetime) -> NotificationSummary:
         status=n.status,
         kind=n.kind,
         overdue=n.status != NotificationStatus.acknowledged and n.due_at is not None and n.due_at < now,
+        overdue_at=n.overdue_at,
         subject_id_number_masked=idnumbers.mask(n.subject_id_number),
         occurred_on=n.occurred_on,
         person_id=n.person_id,

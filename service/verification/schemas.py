@@ -83,7 +83,8 @@ class CaseSummary(BaseModel):
     direction: Direction
     peer: str
     status: CaseStatus
-    overdue: bool
+    overdue: bool = Field(description="not answered and due_at has passed (now)")
+    overdue_at: datetime | None = Field(description="when the SLA sweep first found it overdue (kept)")
     subject_id_number_masked: str
     topic: Topic
     priority: Priority

@@ -245,6 +245,7 @@ def summary(case: VerificationCase, now: datetime) -> CaseSummary:
         peer=case.peer,
         status=case.status,
         overdue=case.status != CaseStatus.answered and case.due_at is not None and case.due_at < now,
+        overdue_at=case.overdue_at,
         subject_id_number_masked=idnumbers.mask(case.subject_id_number),
         topic=case.topic,
         priority=case.priority,

@@ -234,7 +234,11 @@ def test_serve_refuses_a_zero_deadline_naming_the_variable(tmp_path: Path) -> No
     env.update({"YIPANQI_DATA_DIR": str(tmp_path), "YIPANQI_DEADLINE_URGENT__DAYS": "0", "COLUMNS": "200"})
     result = subprocess.run(
         [sys.executable, "-m", "service", "serve", "--port", "1"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "YIPANQI_DEADLINE_URGENT__DAYS" in result.stdout

@@ -1,0 +1,54 @@
+"""Staff notices of the SLA sweeps: reminders before a deadline, overdue items, escalations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from service.models.base import utc_field
+from service.models.staff import Role
+
+
+class NoticeKind(StrEnum):
+    reminder = "reminder"  # 到期提醒: the deadline is near
+    overdue = "overdue"  # 已超期: the deadline passed without the answer or 接收确认
+    escalation = "escalation"  # 督办: the same, told to the supervisor (负责人)
+
+
+class ItemType(StrEnum):
+    verification = "verification"  # a 协查 case (verification_case.id)
+    notification = "notification"  # a 通报 (notification.id)
+
+
+class StaffNotice(SQLModel, table=True):  # 待办提醒
+    """One notice to a role about one item; at most one of each kind per item, whatever the clock does."""
+
+    __tablename__ = "staff_notice"
+    __table_args__ = (
+        UniqueConstraint("kind", "item_type", "item_id", name="uq_staff_notice_item"),
+        Index("ix_staff_notice_inbox", "role", "read_at", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: NoticeKind = Field(max_length=16)
+    item_type: ItemType = Field(max_length=16)
+    item_id: int
+    role: Role = Field(max_length=16)  # operator for reminders and overdue, supervisor for escalations
+    due_at: datetime = utc_field()  # the item's deadline when the notice was made
+    created_at: datetime = utc_field()
+    read_at: datetime | None = utc_field(nullable=True)  # the role's notice: read by one, read for all
+    read_by: str | None = Field(default=None, max_length=64)
+
+
+class MonthlyReport(SQLModel, table=True):  # 月报
+    """The stored monthly SLA report of one month (``YYYY-MM``, Asia/Shanghai), as JSON."""
+
+    __tablename__ = "monthly_report"
+
+    id: int | None = Field(default=None, primary_key=True)
+    month: str = Field(max_length=7, unique=True)
+    generated_at: datetime = utc_field()
+    content: str = Field(sa_type=Text)

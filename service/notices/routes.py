@@ -1,0 +1,51 @@
+"""Staff API for notices (thin: the logic is in service.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.clock import utcnow
+from service.db import SessionDep
+from service.errors import problem_responses
+from service.models import Role
+from service.notices import service
+from service.notices.schemas import NoticePage, NoticeRead
+from service.staff.dependencies import Actor, Reader
+
+router = APIRouter(prefix="/api/v1/notices", tags=["notices 待办提醒"])
+
+
+@router.get(
+    "",
+    response_model=NoticePage,
+    responses=problem_responses(
+        {401: "not_authenticated", 403: "forbidden (role)", 422: "validation_failed"}
+    ),
+)
+def list_notices(
+    session: SessionDep,
+    staff: Reader,
+    role: Role | None = None,
+    unread: bool | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> NoticePage:
+    """Reminders, overdue items and (supervisors) escalations, newest first; ``?unread=true``: the inbox."""
+    items, total = service.list_notices(
+        session, staff, role=role, unread=unread, page=page, page_size=page_size
+    )
+    return NoticePage(items=items, total=total, page=page, page_size=page_size)
+
+
+@router.post(
+    "/{notice_id}/read",
+    response_model=NoticeRead,
+    responses=problem_responses({401: "not_authenticated", 403: "forbidden (role)", 404: "not_found"}),
+)
+def mark_read(notice_id: int, session: SessionDep, staff: Actor) -> NoticeRead:
+    """Mark a notice read for its role (the first reader and time are kept)."""
+    notice = service.mark_read(session, staff, notice_id, utcnow())
+    session.commit()
+    return notice
