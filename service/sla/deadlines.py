@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 log = logging.getLogger(__name__)
+# The years whose holidays and adjusted working days (调休) the package has published.
+KNOWN_YEARS = range(
+    min(d.year for d in chinese_calendar.holidays), max(d.year for d in chinese_calendar.holidays) + 1
+)
 
 
 class DeadlineRule(BaseModel):
@@ -29,11 +33,10 @@ def is_working_day(day: date) -> bool:
     Past the years the holiday package knows, falls back to Monday–Friday and says so in the log:
     the State Council publishes next year's schedule each November, so keep the package current.
     """
-    try:
-        return bool(chinese_calendar.is_workday(day))
-    except NotImplementedError:
+    if day.year not in KNOWN_YEARS:
         log.warning("holiday calendar has no data for year=%d; counting Monday-Friday", day.year)
         return day.weekday() < 5
+    return bool(chinese_calendar.is_workday(day))
 
 
 def due_at(received_at: datetime, rule: DeadlineRule) -> datetime:
