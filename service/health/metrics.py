@@ -126,11 +126,15 @@ class DatabaseCollector(Collector):
                 (Direction.incoming, queue.open_incoming),
                 (Direction.outgoing, queue.open_outgoing),
             ):
-                count = session.connection().execute(
-                    select(func.count())
-                    .select_from(t)
-                    .where(t.c.direction == direction, t.c.status.in_(statuses), t.c.due_at < now)
-                ).scalar_one()
+                count = (
+                    session.connection()
+                    .execute(
+                        select(func.count())
+                        .select_from(t)
+                        .where(t.c.direction == direction, t.c.status.in_(statuses), t.c.due_at < now)
+                    )
+                    .scalar_one()
+                )
                 gauge.add_metric([queue.item_type.value, direction.value], count)
         return gauge
 
@@ -138,11 +142,15 @@ class DatabaseCollector(Collector):
         gauge = GaugeMetricFamily(
             "yipanqi_unread_notices", "Staff notices not yet read, by role and kind", labels=["role", "kind"]
         )
-        rows = session.connection().execute(
-            select(col(StaffNotice.role), col(StaffNotice.kind), func.count())
-            .where(col(StaffNotice.read_at).is_(None))
-            .group_by(col(StaffNotice.role), col(StaffNotice.kind))
-        ).all()
+        rows = (
+            session.connection()
+            .execute(
+                select(col(StaffNotice.role), col(StaffNotice.kind), func.count())
+                .where(col(StaffNotice.read_at).is_(None))
+                .group_by(col(StaffNotice.role), col(StaffNotice.kind))
+            )
+            .all()
+        )
         for role, kind, count in rows:
             gauge.add_metric([str(role), str(kind)], count)
         return gauge

@@ -19,10 +19,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from service.clock import utcnow
 from service.exchange.envelope import PeerDatetime
+from service.exchange.history import MessageRead
 from service.models import ContraceptionMethod, Direction, NotificationKind, NotificationStatus, Sex
 from service.sla.deadlines import SHANGHAI
 from service.subjects import NodeId, Subject, plain_text
-from service.verification.schemas import MessageRead, SubjectRead
+from service.verification.schemas import SubjectRead
 
 # The sender's clock may run up to the protocol's 300 s ahead of ours: its "today" may be our tomorrow.
 CLOCK_SKEW = timedelta(seconds=300)

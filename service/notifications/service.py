@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -17,11 +16,11 @@ from service.config import Settings, get_settings
 from service.directory.service import get_peer
 from service.errors import Conflict, Forbidden, InvalidState, NotFound, UnknownRequest, ValidationFailed
 from service.exchange.envelope import Receipt
+from service.exchange.history import conversation
 from service.exchange.inbox import InboundMessage
 from service.exchange.outbox import enqueue
 from service.models import (
     Direction,
-    InboxMessage,
     Notification,
     NotificationKind,
     NotificationStatus,
@@ -39,7 +38,7 @@ from service.notifications.schemas import (
 )
 from service.signing.node import NodeSigner
 from service.sla.deadlines import DeadlineRule, due_at
-from service.verification.schemas import MessageRead, SubjectRead
+from service.verification.schemas import SubjectRead
 
 NOTIFICATION, ACK = "notification", "notification.ack"
 PATH = "/notifications"
@@ -241,16 +240,7 @@ def get_notification(session: Session, notification_id: int) -> NotificationRead
     notification = session.get(Notification, notification_id)
     if notification is None:
         raise NotFound(f"no notification {notification_id}")
-    conversation = notification.message_id
-    messages = [
-        _outbox_read(m)
-        for m in session.exec(select(OutboxMessage).where(OutboxMessage.conversation_id == conversation))
-    ]
-    messages += [
-        _inbox_read(m)
-        for m in session.exec(select(InboxMessage).where(InboxMessage.conversation_id == conversation))
-    ]
-    messages.sort(key=lambda m: (m.type != NOTIFICATION, m.at))
+    messages = conversation(session, notification.message_id, {NOTIFICATION: 0})
     return NotificationRead(
         **summary(notification, utcnow()).model_dump(),
         subject=SubjectRead(
@@ -323,32 +313,3 @@ def _by_message(session: Session, message_id: str) -> Notification:
     if notification is None:
         raise UnknownRequest(f"no notification {message_id}")
     return notification
-
-
-def _outbox_read(m: OutboxMessage) -> MessageRead:
-    return MessageRead(
-        message_id=m.message_id,
-        type=m.type,
-        direction="sent",
-        status=m.status.value,
-        at=m.created_at,
-        payload=_payload(m.body),
-        receipt=json.loads(m.receipt_body) if m.receipt_body else None,
-        last_error=m.last_error,
-    )
-
-
-def _inbox_read(m: InboxMessage) -> MessageRead:
-    return MessageRead(
-        message_id=m.message_id,
-        type=m.type,
-        direction="received",
-        status="received",
-        at=m.received_at,
-        payload=_payload(m.body),
-    )
-
-
-def _payload(body: bytes | str) -> dict[str, Any]:
-    payload: dict[str, Any] = json.loads(body)["payload"]
-    return payload

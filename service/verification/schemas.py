@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.exchange.envelope import PeerDatetime
+from service.exchange.history import MessageRead
 from service.models import CaseStatus, Direction, Outcome, Priority, Topic
 from service.subjects import NodeId, Subject, plain_text
 
@@ -95,17 +96,6 @@ class CaseSummary(BaseModel):
     due_at: datetime | None
     acknowledged_at: datetime | None
     answered_at: datetime | None
-
-
-class MessageRead(BaseModel):
-    message_id: str
-    type: str
-    direction: str
-    status: str
-    at: datetime
-    payload: dict[str, Any]
-    receipt: dict[str, Any] | None = None
-    last_error: str | None = None
 
 
 class CaseRead(CaseSummary):

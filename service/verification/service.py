@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -17,12 +16,12 @@ from service.config import Settings, get_settings
 from service.directory.service import get_peer
 from service.errors import Conflict, Forbidden, NotFound, UnknownRequest, ValidationFailed
 from service.exchange.envelope import Receipt
+from service.exchange.history import conversation
 from service.exchange.inbox import InboundMessage
 from service.exchange.outbox import enqueue
 from service.models import (
     CaseStatus,
     Direction,
-    InboxMessage,
     OutboxMessage,
     Priority,
     Topic,
@@ -36,7 +35,6 @@ from service.verification.schemas import (
     AckPayload,
     CaseRead,
     CaseSummary,
-    MessageRead,
     ReplyCreate,
     ReplyPayload,
     RequestPayload,
@@ -209,16 +207,7 @@ def get_case(session: Session, case_id: int) -> CaseRead:
     case = session.get(VerificationCase, case_id)
     if case is None:
         raise NotFound(f"no case {case_id}")
-    conversation = case.request_message_id
-    messages = [
-        _outbox_read(m)
-        for m in session.exec(select(OutboxMessage).where(OutboxMessage.conversation_id == conversation))
-    ]
-    messages += [
-        _inbox_read(m)
-        for m in session.exec(select(InboxMessage).where(InboxMessage.conversation_id == conversation))
-    ]
-    messages.sort(key=lambda m: (PHASE.get(m.type, len(PHASE)), m.at))
+    messages = conversation(session, case.request_message_id, PHASE)
     return CaseRead(
         **summary(case, utcnow()).model_dump(),
         subject=SubjectRead(
@@ -327,27 +316,3 @@ def _incoming_case(session: Session, case_id: int) -> VerificationCase:
     if case is None or case.direction != Direction.incoming:
         raise NotFound(f"no incoming case {case_id}")
     return case
-
-
-def _outbox_read(m: OutboxMessage) -> MessageRead:
-    return MessageRead(
-        message_id=m.message_id,
-        type=m.type,
-        direction="sent",
-        status=m.status.value,
-        at=m.created_at,
-        payload=json.loads(m.body)["payload"],
-        receipt=json.loads(m.receipt_body) if m.receipt_body else None,
-        last_error=m.last_error,
-    )
-
-
-def _inbox_read(m: InboxMessage) -> MessageRead:
-    return MessageRead(
-        message_id=m.message_id,
-        type=m.type,
-        direction="received",
-        status="received",
-        at=m.received_at,
-        payload=json.loads(m.body)["payload"],
-    )

@@ -125,6 +125,11 @@ def new_world(tmp: Path, engine: Engine) -> World:
     return world
 
 
+def backoff_of(row: OutboxMessage) -> float:
+    """The retry delay the relay chose: the clock is frozen (``frozen``), so this is no measured time."""
+    return (row.next_attempt_at - utcnow()).total_seconds()
+
+
 @pytest.fixture
 def frozen() -> Iterator[None]:
     clock.freeze(T0)
@@ -364,7 +369,7 @@ def test_failed_delivery_is_retried_later(
     assert row.last_error is not None
     assert error in row.last_error
     assert (row.lease_owner, row.lease_until) == (None, None)
-    assert BASE / 2 <= (row.next_attempt_at - utcnow()).total_seconds() <= BASE
+    assert BASE / 2 <= backoff_of(row) <= BASE
     assert row.receipt_body is None
     assert row.delivered_at is None
     world.hook.assert_not_called()
@@ -434,7 +439,7 @@ def test_retry_budget_spent_is_dead(world: World, peer: respx.Router) -> None:
         if attempt < MAX_ATTEMPTS:
             assert row.status == OutboxStatus.pending
             ceiling = min(CAP, BASE * 2 ** (attempt - 1))
-            assert ceiling / 2 <= (row.next_attempt_at - utcnow()).total_seconds() <= ceiling
+            assert ceiling / 2 <= backoff_of(row) <= ceiling
             clock.advance(timedelta(seconds=ceiling))
     assert row.status == OutboxStatus.dead
     assert row.last_error is not None
@@ -465,10 +470,13 @@ def test_backoff_stays_within_half_and_all_of_the_capped_exponential() -> None:
 
 
 def test_backoff_bounds_are_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def delays() -> list[float]:  # the computed schedule; nothing is timed
+        return [backoff_delay(n, 1.0, 10.0).total_seconds() for n in range(1, 7)]
+
     monkeypatch.setattr("service.exchange.relay.random.uniform", lambda low, _high: low)
-    assert [backoff_delay(n, 1.0, 10.0).total_seconds() for n in range(1, 7)] == [0.5, 1, 2, 4, 5, 5]
+    assert delays() == [0.5, 1, 2, 4, 5, 5]
     monkeypatch.setattr("service.exchange.relay.random.uniform", lambda _low, high: high)
-    assert [backoff_delay(n, 1.0, 10.0).total_seconds() for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert delays() == [1, 2, 4, 8, 10, 10]
     assert backoff_delay(0, 1.0, 10.0).total_seconds() == 1  # never below the base
 
 

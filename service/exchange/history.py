@@ -1,0 +1,65 @@
+"""A conversation's messages (a request and what answers it), as staff read them with the case."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlmodel import Session, select
+
+from service.models import InboxMessage, OutboxMessage
+
+
+class MessageRead(BaseModel):
+    message_id: str
+    type: str
+    direction: str
+    status: str
+    at: datetime
+    payload: dict[str, Any]
+    receipt: dict[str, Any] | None = None
+    last_error: str | None = None
+
+
+def conversation(session: Session, conversation_id: str, phase: Mapping[str, int]) -> list[MessageRead]:
+    """Sent and received messages of one conversation, in ``phase`` order (type → rank), then time.
+
+    Received times are whole seconds (the receipt's), so time alone could put an answer first.
+    """
+    sent = session.exec(select(OutboxMessage).where(OutboxMessage.conversation_id == conversation_id))
+    received = session.exec(select(InboxMessage).where(InboxMessage.conversation_id == conversation_id))
+    messages = [_sent(m) for m in sent] + [_received(m) for m in received]
+    messages.sort(key=lambda m: (phase.get(m.type, len(phase)), m.at))
+    return messages
+
+
+def _sent(m: OutboxMessage) -> MessageRead:
+    return MessageRead(
+        message_id=m.message_id,
+        type=m.type,
+        direction="sent",
+        status=m.status.value,
+        at=m.created_at,
+        payload=_payload(m.body),
+        receipt=json.loads(m.receipt_body) if m.receipt_body else None,
+        last_error=m.last_error,
+    )
+
+
+def _received(m: InboxMessage) -> MessageRead:
+    return MessageRead(
+        message_id=m.message_id,
+        type=m.type,
+        direction="received",
+        status="received",
+        at=m.received_at,
+        payload=_payload(m.body),
+    )
+
+
+def _payload(body: bytes) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads(body)["payload"]
+    return payload
