@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service.signing.http import sign_request, verify_request
 
-VECTOR = Path(__file__).resolve().parents[2] / "shared" / "design" / "vectors" / "verification-request.json"
+# The protocol's worked example (docs/protocol.md): a real request body of the usual size.
+VECTOR = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "verification-request.json"
 
 
 def rate(fn, n: int) -> float:  # type: ignore[no-untyped-def]
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     n = parser.parse_args().n
-    body = json.loads(VECTOR.read_text())["request"]["body"].encode() if VECTOR.exists() else b"{}" * 300
+    body = json.loads(VECTOR.read_text(encoding="utf-8"))["request"]["body"].encode("utf-8")
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
     now = datetime.now(UTC)

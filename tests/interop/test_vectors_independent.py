@@ -1,18 +1,19 @@
-"""The worked example of PROTOCOL.md, reproduced and verified by an independent RFC 9421 implementation.
+"""The protocol's worked example, reproduced and verified by an independent RFC 9421 implementation.
 
 ``rfc9421.mjs`` (node, npm ``http-message-signatures``) shares no code with the project's signing
-code. If it reproduces ``vectors/verification-request.json`` byte for byte and verifies it, the
-vector is a faithful RFC 9421 / RFC 9530 example that any other county's implementation can meet.
+code. If it reproduces ``tests/vectors/verification-request.json`` (made by the project's code, see
+``tests/vectors/generate.py``) byte for byte and verifies it, the vector is a faithful RFC 9421 /
+RFC 9530 example that any other county's implementation can meet (docs/protocol.md).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import vectors  # the file only: no project signing code is imported here
 
 from . import independent
 
@@ -22,22 +23,10 @@ pytestmark = pytest.mark.skipif(
     "`(cd tests/interop && npm ci --no-audit --no-fund)`",
 )
 
-_ROOT = Path(__file__).resolve().parents[2]
-_VECTOR_NAME = "verification-request.json"
-# CI clones main with shared/ beside it; a checkout may also carry its own copy.
-_VECTOR_CANDIDATES = (
-    _ROOT.parent / "shared" / "design" / "vectors" / _VECTOR_NAME,
-    _ROOT / "shared" / "design" / "vectors" / _VECTOR_NAME,
-)
-
 
 @pytest.fixture(scope="module")
 def vector() -> dict[str, Any]:
-    for path in _VECTOR_CANDIDATES:
-        if path.is_file():
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return data
-    pytest.fail(f"test vector not found; looked at {[str(p) for p in _VECTOR_CANDIDATES]}")
+    return vectors.load()
 
 
 def _param(signature_input: str, name: str) -> str:

@@ -1,22 +1,25 @@
-"""The project's own code against PROTOCOL.md's worked example, ``vectors/verification-request.json``.
+"""The project's own code against the protocol's worked example, ``tests/vectors/verification-request.json``.
 
-Ed25519 is deterministic, so the project must reproduce the example byte for byte: the request's
-and the receipt's headers, the signature bases it signs, the receipt body and its ``due_at``.
-It must also accept the example with its clock at ``created + 1`` and refuse every tampered copy.
-(``tests/interop/test_vectors_independent.py`` checks the same vector with an independent
-implementation; this file checks the project's code.)
+The committed file is exactly what ``tests/vectors/generate.py`` makes now. Beyond that, and read
+from the file rather than from the generator's inputs: Ed25519 is deterministic, so the project
+must reproduce the example byte for byte — the request's and the receipt's headers, the signature
+bases it signs, the receipt body and its ``due_at``. It must also accept the example with its clock
+at ``created + 1`` and refuse every tampered copy. (``tests/interop/test_vectors_independent.py``
+checks the same vector with an independent implementation; this file checks the project's code.)
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from service.clock import clock, utcnow
@@ -28,51 +31,20 @@ from service.signing.http import content_digest, sign_request, sign_response, ve
 from service.signing.keys import public_key_from_text, public_key_text
 from service.sla.deadlines import DeadlineRule, due_at
 from service.verification.service import deadline_rule
-from tests.interop.test_vectors_independent import _VECTOR_CANDIDATES
+from tests import vectors
+from tests.vectors import generate
+from tests.vectors.generate import RecordingKey
 
 HEADERS = ("Content-Type", "Content-Digest", "Signature-Input", "Signature")
 ASKER, ANSWERER = "410105/k1", "411627/k1"
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
 def vector() -> dict[str, Any]:
-    for path in _VECTOR_CANDIDATES:  # shared/ beside the checkout, or a copy inside it
-        if path.is_file():
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return data
-    pytest.fail(f"test vector not found; looked at {[str(p) for p in _VECTOR_CANDIDATES]}")
-
-
-class RecordingKey(Ed25519PrivateKey):
-    """An Ed25519 key that remembers every message it signs: the signature base, as the code built it."""
-
-    def __init__(self, key: Ed25519PrivateKey) -> None:
-        self._key = key
-        self.signed: list[bytes] = []
-
-    def sign(self, data: bytes) -> bytes:
-        self.signed.append(bytes(data))
-        return self._key.sign(data)
-
-    def public_key(self) -> Ed25519PublicKey:
-        return self._key.public_key()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        return self._key.private_bytes(encoding, format, encryption_algorithm)
-
-    def private_bytes_raw(self) -> bytes:
-        return self._key.private_bytes_raw()
-
-    def __copy__(self) -> RecordingKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> RecordingKey:
-        return self
+    return vectors.load()
 
 
 def private_key(vector: dict[str, Any], keyid: str) -> Ed25519PrivateKey:
@@ -131,6 +103,48 @@ def sign_vector_response(vector: dict[str, Any], key: Ed25519PrivateKey) -> dict
 def frozen_clock() -> Iterator[None]:
     yield
     clock.reset()
+
+
+# --- the committed file is what the generator makes now ---------------------------------------------
+
+
+def test_committed_vector_is_what_the_generator_makes() -> None:
+    committed = vectors.VERIFICATION_REQUEST.read_bytes()
+    assert committed == generate.render(generate.build()), (
+        "tests/vectors/verification-request.json differs from what the code makes now: "
+        "run `python -m tests.vectors.generate` and review the difference"
+    )
+
+
+def test_generator_check_mode(tmp_path: Path) -> None:
+    target = tmp_path / "vector.json"
+    assert generate.main(["--check", "--output", str(target)]) == 1  # missing
+    assert generate.main(["--output", str(target)]) == 0
+    assert target.read_bytes() == vectors.VERIFICATION_REQUEST.read_bytes()
+    assert generate.main(["--check", "--output", str(target)]) == 0
+    target.write_bytes(target.read_bytes().replace(b"JS-2026-000123", b"JS-2026-000124"))
+    assert generate.main(["--check", "--output", str(target)]) == 1
+
+
+def test_generator_runs_as_a_module_from_the_repository_root() -> None:
+    """What the docs tell a maintainer to run (it only reads the committed file here)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.vectors.generate", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_vector_names_the_fixed_inputs(vector: dict[str, Any]) -> None:
+    """The generator's inputs are the ones the vector's text describes (seeds 0x00.. and 0x20..)."""
+    assert vector["keys"][ASKER]["private_seed_hex"] == bytes(range(32)).hex()
+    assert vector["keys"][ANSWERER]["private_seed_hex"] == bytes(range(32, 64)).hex()
+    assert "created + 1 (2026-11-22T01:30:01Z)" in vector["about"]
 
 
 # --- the keys ----------------------------------------------------------------------------------------

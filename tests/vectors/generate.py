@@ -1,0 +1,258 @@
+"""Make ``tests/vectors/verification-request.json``, the worked example of docs/protocol.md.
+
+    python -m tests.vectors.generate            # (re)write the file
+    python -m tests.vectors.generate --check    # exit 1, naming the file, if it is not what this makes
+
+Only the inputs are written down here: two fixed test keys, the signing times, the nonce and the
+message. Everything else — the envelope's bytes, Content-Digest, both signature bases,
+Signature-Input, Signature, the receipt and its ``due_at`` — comes from the project's own code
+(``service.exchange.envelope``, ``service.signing``, ``service.sla.deadlines``) with default
+settings, the environment ignored. Ed25519 (RFC 8032) is deterministic, so the same inputs give the
+same bytes on every machine, and the file is checked in: ``tests/signing/test_vectors.py`` fails when
+the code no longer makes it byte for byte, and ``tests/interop`` checks it against an independent
+RFC 9421 implementation.
+
+Before writing, the generator verifies what it made with the project's verifier, the clock at
+``created + 1``; it writes nothing that the node itself would refuse.
+
+The file is ``json.dumps(indent=2, ensure_ascii=False)`` without a final newline: the form the
+example was first published in, kept so that its bytes never change without a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from service.config import Settings
+from service.exchange.envelope import envelope_body, receipt_body
+from service.models import Priority, Sex, Topic
+from service.signing.http import sign_request, sign_response, verify_request, verify_response
+from service.signing.keys import b64url, public_key_from_text, public_key_text
+from service.sla.deadlines import due_at
+from service.subjects import Subject
+from service.verification.schemas import RequestPayload
+from service.verification.service import REQUEST, deadline_rule
+
+OUTPUT = Path(__file__).resolve().parent / "verification-request.json"
+HEADERS = ("Content-Type", "Content-Digest", "Signature-Input", "Signature")
+
+# Kept as first published: "PROTOCOL.md" is the first edition of docs/protocol.md. Rewording it would
+# change no signed byte, but would change the file that other counties may already have copied.
+ABOUT = (
+    "Worked example of PROTOCOL.md: a verification request from 410105 to 411627 and its signed receipt. "
+    "Keys are fixed test keys (private seeds 0x00..0x1f and 0x20..0x3f) for tests only. Ed25519 is "
+    "deterministic: the same inputs must give these exact signatures. Its created/expires lie in the "
+    "past: a test that runs full verification freezes the clock at created + 1 (2026-11-22T01:30:01Z). "
+    "due_at: normal priority, 30 calendar days, end of day Asia/Shanghai."
+)
+
+# --- the inputs ------------------------------------------------------------------------------------
+
+ASKER, ANSWERER = "410105/k1", "411627/k1"  # 金水区 (the host) asks 太康县 (the origin)
+SEEDS = {ASKER: bytes(range(0x00, 0x20)), ANSWERER: bytes(range(0x20, 0x40))}  # test keys, never real ones
+
+PATH = "/peer/v1/verification-requests"
+CREATED = datetime(2026, 11, 22, 1, 30, tzinfo=UTC)  # 09:30 in Shanghai; Unix time 1795311000
+LIFETIME = timedelta(seconds=300)  # expires = created + 300, the longest a node accepts by default
+NONCE = b64url(b"nonce-0000000001")  # 16 bytes, the minimum; fixed here, random in real requests
+RECEIVED = CREATED + timedelta(seconds=1)  # the answering node's clock when the request arrives
+STATUS = 202  # the first delivery of an asynchronous message
+CONTENT_TYPE = "application/json"
+
+MESSAGE_ID = UUID("0190f3c2-7d4e-7a31-9c55-2b1f0e6a4d10")
+PAYLOAD = RequestPayload(
+    subject=Subject(id_number="411627199503080024", name="王秀英", sex=Sex.F, birth_date=date(1995, 3, 8)),
+    topic=Topic.marital_status,
+    priority=Priority.normal,
+    key_target=False,
+    question="请核实该对象婚育情况。",
+    reference="JS-2026-000123",
+)
+
+
+class RecordingKey(Ed25519PrivateKey):
+    """An Ed25519 key that remembers every message it signs: the signature base, as the code built it."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self._key = key
+        self.signed: list[bytes] = []
+
+    def sign(self, data: bytes) -> bytes:
+        self.signed.append(bytes(data))
+        return self._key.sign(data)
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._key.public_key()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        return self._key.private_bytes(encoding, format, encryption_algorithm)
+
+    def private_bytes_raw(self) -> bytes:
+        return self._key.private_bytes_raw()
+
+    def __copy__(self) -> RecordingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> RecordingKey:
+        return self
+
+
+def private_key(keyid: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(SEEDS[keyid])
+
+
+def _exactly(headers: Mapping[str, str]) -> dict[str, str]:
+    """The four signed-message headers in the vector's order (and no others)."""
+    by_name = {k.lower(): v for k, v in headers.items()}
+    if sorted(by_name) != sorted(h.lower() for h in HEADERS):
+        raise AssertionError(f"the signer returned headers {sorted(headers)}, expected {list(HEADERS)}")
+    return {name: by_name[name.lower()] for name in HEADERS}
+
+
+def _signed_once(key: RecordingKey) -> str:
+    (base,) = key.signed
+    return base.decode("ascii")
+
+
+def build() -> dict[str, Any]:
+    """The vector, made by the project's code from the inputs above."""
+    body = envelope_body(
+        message_id=MESSAGE_ID,
+        type=REQUEST,
+        sender=ASKER.split("/")[0],
+        recipient=ANSWERER.split("/")[0],
+        sent_at=CREATED,
+        correlation_id=None,
+        payload=PAYLOAD,
+    )
+    asker = RecordingKey(private_key(ASKER))
+    request_headers = _exactly(
+        sign_request(
+            method="POST",
+            path=PATH,
+            body=body,
+            key=asker,
+            keyid=ASKER,
+            created=CREATED,
+            lifetime=LIFETIME,
+            nonce=NONCE,
+        )
+    )
+    # The receiver's policy with default settings (the environment ignored): normal, 30 calendar days.
+    rule = deadline_rule(Settings.model_construct(), PAYLOAD.topic, PAYLOAD.priority)
+    receipt = receipt_body(
+        message_id=str(MESSAGE_ID),
+        status="accepted",
+        received_at=RECEIVED,
+        digest=request_headers["Content-Digest"],
+        due_at=due_at(RECEIVED, rule),
+    )
+    answerer = RecordingKey(private_key(ANSWERER))
+    response_headers = _exactly(
+        sign_response(
+            status=STATUS,
+            body=receipt,
+            key=answerer,
+            keyid=ANSWERER,
+            created=RECEIVED,
+            content_type=CONTENT_TYPE,
+        )
+    )
+    vector = {
+        "about": ABOUT,
+        "keys": {
+            keyid: {
+                "private_seed_hex": seed.hex(),
+                "public_key": public_key_text(private_key(keyid).public_key()),
+            }
+            for keyid, seed in SEEDS.items()
+        },
+        "request": {
+            "method": "POST",
+            "path": PATH,
+            "headers": request_headers,
+            "body": body.decode("utf-8"),
+            "signature_base": _signed_once(asker),
+        },
+        "response": {
+            "status": STATUS,
+            "headers": response_headers,
+            "body": receipt.decode("utf-8"),
+            "signature_base": _signed_once(answerer),
+        },
+    }
+    self_check(vector)
+    return vector
+
+
+def self_check(vector: Mapping[str, Any]) -> None:
+    """The node's own verifier accepts both messages with its clock at created + 1 (raises if not)."""
+    keys = {keyid: public_key_from_text(k["public_key"]) for keyid, k in vector["keys"].items()}
+    req, res = vector["request"], vector["response"]
+    verify_request(
+        method=req["method"],
+        path=req["path"],
+        headers=req["headers"].items(),
+        body=req["body"].encode("utf-8"),
+        resolve_key=lambda keyid: keys[ASKER] if keyid == ASKER else None,
+        now=RECEIVED,
+    )
+    verify_response(
+        status=res["status"],
+        headers=res["headers"].items(),
+        body=res["body"].encode("utf-8"),
+        resolve_key=lambda keyid: keys[ANSWERER] if keyid == ANSWERER else None,
+        expected_node=ANSWERER.split("/")[0],
+        now=RECEIVED + timedelta(seconds=1),
+    )
+
+
+def render(vector: Mapping[str, Any]) -> bytes:
+    """The file's exact bytes."""
+    return json.dumps(vector, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.vectors.generate", description="Make the protocol's worked example."
+    )
+    parser.add_argument("--check", action="store_true", help="compare, do not write; exit 1 if it differs")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help=f"default: tests/vectors/{OUTPUT.name}")
+    args = parser.parse_args(argv)
+    made, target = render(build()), args.output
+    if args.check:
+        if not target.is_file():
+            print(f"{target}: missing; run `python -m tests.vectors.generate`", file=sys.stderr)
+            return 1
+        if target.read_bytes() != made:
+            print(
+                f"{target}: differs from what the code makes now; run `python -m tests.vectors.generate`"
+                " and review the difference (a changed signature is a changed protocol)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{target}: up to date")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(made)  # bytes: no newline translation on any OS
+    print(f"wrote {target} ({len(made)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
