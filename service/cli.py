@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,20 +11,27 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlmodel import select
 
-from service.config import get_settings
+from service.config import get_settings, unknown_variables
 from service.db import get_engine, new_session
 from service.directory import service as directory
 from service.errors import DomainError
 from service.migrations import upgrade
-from service.models import Role
+from service.models import LocalNode, Role
 from service.signing import node as node_identity
 from service.signing.keys import public_key_text
 from service.staff.service import create_staff
 
 app = typer.Typer(
-    help="一盘棋 yipanqi: the county node for migrant-population information exchange.", no_args_is_help=True
+    help="一盘棋 yipanqi: the county node for migrant-population information exchange.",
+    no_args_is_help=True,
+    # An unforeseen error's traceback must not print local variables: tokens, keys, database URLs.
+    pretty_exceptions_show_locals=False,
 )
 peers_app = typer.Typer(help="The local directory of trusted peers and keys.", no_args_is_help=True)
 staff_app = typer.Typer(help="Staff accounts of the county bureau.", no_args_is_help=True)
@@ -37,19 +45,55 @@ console = Console()
 @app.callback()
 def _settings_first() -> None:
     """Refuse to run with a setting that makes no sense, naming the environment variable."""
+    unknown = unknown_variables(os.environ)
+    for problem in unknown:
+        console.print(f"[red]unknown setting[/red] {problem}", soft_wrap=True)
+    if unknown:
+        raise typer.Exit(2)
     try:
         get_settings()
     except ValidationError as exc:
         for error in exc.errors():
             name = "YIPANQI_" + "__".join(str(part) for part in error["loc"]).upper()
             where = f" {name}" if error["loc"] else ""
-            console.print(f"[red]invalid setting{where}:[/red] {error['msg']}")
+            console.print(f"[red]invalid setting{where}:[/red] {escape(error['msg'])}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+INIT_HINT = "run `yipanqi init --node-id <county code> --name <county>` first, or set YIPANQI_DATA_DIR"
+
+
+def _open_database(*, create: bool = False) -> None:
+    """Migrate this node's database (``create``: a new SQLite file too); one line and exit 2 if it fails."""
+    settings = get_settings()
+    sqlite_file = settings.sqlite_file
+    if sqlite_file is not None and not create and not sqlite_file.exists():
+        missing = f"no {sqlite_file.name}" if settings.data_dir.is_dir() else "no such folder"
+        _fail(f"no node in {settings.data_dir.resolve()} ({missing}): {INIT_HINT}")
+    try:
+        upgrade(get_engine())
+    except OperationalError as exc:
+        where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+        _fail(f"cannot open the database {where}: {str(exc.orig).strip().splitlines()[0]}")
+
+
+def _require_node(*, private_key: bool = False) -> None:
+    """The database holds a node (``yipanqi init`` ran) and, if asked, its private key is in place."""
+    _open_database()
+    settings = get_settings()
+    with new_session() as session:
+        if session.exec(select(LocalNode)).first() is None:
+            _fail(f"no node in {settings.data_dir.resolve()} (its database is empty): {INIT_HINT}")
+        if private_key:
+            try:
+                node_identity.load_signer(session, settings.keys_dir)
+            except node_identity.NodeNotInitialised as exc:
+                _fail(f"{exc}: `yipanqi init` wrote it there; restore it (in Kubernetes: the Secret)")
 
 
 def _setup_logging() -> None:
@@ -69,7 +113,7 @@ def init(
     """Create the data folder, database and this node's Ed25519 key pair."""
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(get_engine())
+    _open_database(create=True)
     with new_session() as session:
         try:
             key = node_identity.init_node(session, settings.keys_dir, node_id=node_id, name=name, label=label)
@@ -93,17 +137,20 @@ def serve(
     """Run the node (applies database migrations first)."""
     import uvicorn
 
+    from service.localnet import port_in_use
     from service.main import create_app
 
     _setup_logging()
-    upgrade(get_engine())
+    _require_node(private_key=True)
+    if port_in_use(port, host):
+        _fail(f"port {port} on {host} is already in use (another node?): stop it or choose another --port")
     uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()
 def migrate() -> None:
     """Apply database migrations and exit."""
-    upgrade(get_engine())
+    _open_database()
     console.print("database is at the latest schema")
 
 
@@ -116,11 +163,15 @@ def peers_add(
 ) -> None:
     """Trust a peer: add it (or update its name, URL and keys)."""
     try:
+        directory.check_node_id(node_id)  # first: a wrong --node-id makes every key look wrong
         keys = [directory.KeySpec.parse(k) for k in key]
+    except DomainError as exc:
+        _fail(exc.detail)
+        return
     except ValueError as exc:
         _fail(str(exc))
         return
-    upgrade(get_engine())
+    _require_node()
     with new_session() as session:
         try:
             directory.add_peer(session, node_id=node_id, name=name, url=url, keys=keys)
@@ -133,6 +184,7 @@ def peers_add(
 @peers_app.command("list")
 def peers_list() -> None:
     """Show the directory."""
+    _require_node()
     table = Table("node_id", "name", "url", "keys")
     with new_session() as session:
         for peer, keys in directory.list_peers(session):
@@ -145,6 +197,7 @@ def peers_list() -> None:
 @peers_app.command("remove")
 def peers_remove(node_id: Annotated[str, typer.Option()]) -> None:
     """Stop trusting a peer and its keys."""
+    _require_node()
     with new_session() as session:
         try:
             directory.remove_peer(session, node_id)
@@ -160,7 +213,7 @@ def staff_add(
     role: Annotated[Role, typer.Option()],
 ) -> None:
     """Create a staff account; prints its bearer token once."""
-    upgrade(get_engine())
+    _require_node()
     with new_session() as session:
         try:
             staff, token = create_staff(session, username=username, role=role)
@@ -181,7 +234,7 @@ def import_people_command(
     """Import the migrant register (流动人口个案); exit 1 when some rows were bad."""
     from service.people.cli import run_import
 
-    upgrade(get_engine())
+    _require_node(private_key=True)
     raise typer.Exit(run_import(console, file, dry_run=dry_run, staff_username=staff))
 
 
@@ -190,12 +243,20 @@ def demo(
     once: Annotated[
         bool, typer.Option(help="exit after the demo instead of leaving the nodes running")
     ] = False,
-    base_port: Annotated[int, typer.Option(help="first of three ports on 127.0.0.1")] = 8100,
+    base_port: Annotated[
+        int, typer.Option(min=1024, max=65533, help="first of three ports on 127.0.0.1")
+    ] = 8100,
+    keep: Annotated[
+        bool, typer.Option(help="keep the temporary data folder (keys, databases, logs) and print where")
+    ] = False,
 ) -> None:
-    """Start three nodes on 127.0.0.1, send 协查 requests both ways, answer them, show what happened."""
+    """Start three nodes on 127.0.0.1, send 协查 requests both ways, answer them, show what happened.
+
+    Ctrl-C, SIGTERM or SIGHUP stops the nodes; the data folder is removed unless --keep.
+    """
     from service.demo import run_demo
 
-    raise typer.Exit(run_demo(console, base_port=base_port, once=once))
+    raise typer.Exit(run_demo(console, base_port=base_port, once=once, keep=keep))
 
 
 @app.command()
@@ -208,13 +269,14 @@ def report(
     """The monthly SLA report (月报): stored when first generated, with targets from the settings."""
     from service.sla.cli import run_report
 
-    upgrade(get_engine())
+    _require_node()
     raise typer.Exit(run_report(console, month, format, output, regenerate=regenerate))
 
 
 @app.command("public-key")
 def show_public_key() -> None:
     """Print this node's keyid and public key (for peers' directories)."""
+    _require_node(private_key=True)
     with new_session() as session:
         signer = node_identity.load_signer(session, get_settings().keys_dir)
     print(f"{signer.keyid}={public_key_text(signer.private_key.public_key())}")

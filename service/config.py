@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.clock import OFFSET_ENV
 from service.notifications.kinds import NotificationKind
 from service.sla.deadlines import DeadlineRule
 
+ENV_PREFIX = "YIPANQI_"
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="YIPANQI_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Path("./yipanqi-data")
@@ -93,6 +100,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'yipanqi.db').resolve()}"
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The default SQLite database in the data folder; None when ``database_url`` is set."""
+        return None if self.database_url else self.data_dir / "yipanqi.db"
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
@@ -106,3 +118,50 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+# Read by the process outside Settings: the clock offset for tests and demos (service/clock.py).
+OTHER_VARIABLES = frozenset({OFFSET_ENV})
+# The test suite's own variables (YIPANQI_TEST_DATABASE_URL, …), present while tests start nodes.
+TEST_PREFIX = ENV_PREFIX + "TEST_"
+# Kubernetes adds <SERVICE>_SERVICE_HOST, <SERVICE>_PORT_8100_TCP, … for a Service named yipanqi.
+SERVICE_LINK = re.compile(
+    ENV_PREFIX + r"(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\d+_(TCP|UDP|SCTP)(_\w+)?)?)"
+)
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``YIPANQI_*`` name a node reads, nested settings as ``…__DAYS`` and ``…__UNIT`` too."""
+    names = set(OTHER_VARIABLES)
+    for name, field in Settings.model_fields.items():
+        names.update(_variables(ENV_PREFIX + name.upper(), field.annotation))
+    return frozenset(names)
+
+
+def _variables(variable: str, annotation: Any) -> Iterator[str]:
+    yield variable  # a nested setting may also be given whole, as JSON
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for name, field in annotation.model_fields.items():
+            yield from _variables(f"{variable}__{name.upper()}", field.annotation)
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """One line for each ``YIPANQI_*`` variable no setting reads, with the closest known name.
+
+    Settings ignore names they do not know, so a misspelt one (``YIPANQI_DEADLINE_NORMAL_DAYS``)
+    would leave the default in force without a word. Names are compared as pydantic-settings
+    reads them, case-insensitively.
+    """
+    known = known_variables()
+    stems = {name.removeprefix(ENV_PREFIX): name for name in known}
+    problems = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(TEST_PREFIX):
+            continue
+        if SERVICE_LINK.fullmatch(name):
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), list(stems), n=1)
+        hint = f"did you mean {stems[close[0]]}?" if close else "no such setting (README.md, Configuration)"
+        problems.append(f"{variable}: {hint}")
+    return problems

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,44 @@ from service.models import Role
 from service.signing.node import init_node
 from service.staff.service import create_staff
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_TIMEOUT = 15.0  # seconds a node gets to shut down after SIGTERM before SIGKILL
+
+
+class NodeStartError(RuntimeError):
+    """A node process ended before it was ready; the message carries its last log line."""
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``host:port`` cannot be bound (bound as uvicorn does, so TIME_WAIT does not count)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that has the kernel send the child SIGTERM when we die, even by SIGKILL.
+
+    The kernel sends it when the *thread* that forked the child ends, so only the main thread
+    starts tied nodes. Elsewhere there is no such signal: None.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork; the child only calls it
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # we died between the fork and prctl: nobody will send it
+            os._exit(1)
+
+    return arm
+
 
 @dataclass
 class LocalNode:
@@ -33,6 +75,7 @@ class LocalNode:
     token: str = ""  # an operator's bearer token
     admin_token: str = ""
     process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None  # where the running (or last) process writes
 
     @property
     def url(self) -> str:
@@ -89,22 +132,47 @@ class LocalNode:
         finally:
             engine.dispose()
 
-    def start(self, log_path: Path | None = None) -> None:
-        log = open(log_path or self.data_dir / "node.log", "ab")
+    def start(self, log_path: Path | None = None, *, tied: bool = False) -> None:
+        """Start ``yipanqi serve`` and wait until it is ready.
+
+        ``tied`` (the demo): the node gets a process group of its own, so a Ctrl-C in the terminal
+        reaches the parent alone, which stops its nodes in order; and on Linux the node is sent
+        SIGTERM when the parent dies, however it dies. Call it from the main thread then.
+        """
+        if tied and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("tied nodes are started from the main thread (the parent-death signal)")
+        options: dict[str, Any] = {"process_group": 0, "preexec_fn": _die_with_parent()} if tied else {}
+        self.log_path = log_path or self.data_dir / "node.log"
+        log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            **options,
         )
         log.close()
         self.wait_ready()
+
+    def last_log_line(self) -> str:
+        """The node's last words (an exception's message, ``address already in use``), or ''."""
+        if self.log_path is None:
+            return ""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"node {self.node_id} exited with {self.process.returncode}")
+                said = self.last_log_line()
+                raise NodeStartError(
+                    f"node {self.node_id} on port {self.port} exited with {self.process.returncode}"
+                    + (f": {said}" if said else "")
+                )
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
                     return
@@ -114,10 +182,19 @@ class LocalNode:
         raise TimeoutError(f"node {self.node_id} not ready after {timeout}s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.send_signal(sig)
+        self.reap()
+
+    def send_signal(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the process still runs (``reap`` waits for it)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(sig)
+
+    def reap(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Wait for the process to end, SIGKILL it after ``timeout``; forget it."""
+        if self.process is not None:
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -156,6 +233,14 @@ def build_network(
             if other is not node:
                 node.trust(other)
     return nodes
+
+
+def stop_all(nodes: list[LocalNode]) -> None:
+    """SIGTERM every node at once, then wait for each: the slowest sets the time, not their sum."""
+    for node in nodes:
+        node.send_signal()
+    for node in nodes:
+        node.reap()
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:

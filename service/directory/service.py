@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -9,8 +10,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlmodel import Session, select
 
 from service.errors import NotFound, ValidationFailed
-from service.models import Peer, PeerKey
+from service.models import LocalNode, NodeKey, Peer, PeerKey
 from service.signing.keys import is_node_id, public_key_from_text, split_keyid
+
+BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
+PUBLIC_KEY_CHARS = 43  # base64url of 32 bytes, unpadded
+COPY_HINT = "copy the whole --key value that the peer's `yipanqi init` (or `yipanqi public-key`) printed"
 
 
 @dataclass(frozen=True)
@@ -23,21 +28,36 @@ class KeySpec:
         """``410105/k1=<base64url>`` as ``yipanqi peers add --key`` takes it."""
         keyid, sep, public_key = text.partition("=")
         if not sep:
-            raise ValueError("key must be <node_id>/<label>=<base64url public key>")
+            raise ValueError(f"key must be <node_id>/<label>=<base64url public key>: {COPY_HINT}")
         split_keyid(keyid)
+        if not BASE64URL.fullmatch(public_key):
+            raise ValueError(f"the public key of {keyid} is not base64url (A-Z a-z 0-9 - _): {COPY_HINT}")
+        if len(public_key) != PUBLIC_KEY_CHARS:
+            cut = "cut short" if len(public_key) < PUBLIC_KEY_CHARS else "too long"
+            raise ValueError(
+                f"the public key of {keyid} has {len(public_key)} characters, not {PUBLIC_KEY_CHARS} "
+                f"(an Ed25519 public key is 32 bytes): it looks {cut}; {COPY_HINT}"
+            )
         public_key_from_text(public_key)
         return cls(keyid, public_key)
 
 
+def check_node_id(node_id: str) -> None:
+    if not is_node_id(node_id):
+        raise ValidationFailed(
+            f"node id {node_id!r} is not a 6-digit GB/T 2260 county code such as 411627", field="node_id"
+        )
+
+
 def add_peer(session: Session, *, node_id: str, name: str, url: str, keys: list[KeySpec]) -> Peer:
     """Add a peer or update its name, URL and keys (keys not given are kept)."""
-    if not is_node_id(node_id):
-        raise ValidationFailed("node_id must be a 6-digit GB/T 2260 code", field="node_id")
+    check_node_id(node_id)
     if not url.startswith(("http://", "https://")):
         raise ValidationFailed("url must start with http:// or https://", field="url")
     for key in keys:
         if split_keyid(key.keyid)[0] != node_id:
             raise ValidationFailed(f"key {key.keyid} does not belong to node {node_id}", field="key")
+    _refuse_self(session, node_id, keys)
     peer = session.get(Peer, node_id) or Peer(node_id=node_id, name=name, url=url)
     peer.name, peer.url = name, url.rstrip("/")
     session.add(peer)
@@ -48,6 +68,19 @@ def add_peer(session: Session, *, node_id: str, name: str, url: str, keys: list[
         session.add(row)
     session.flush()
     return peer
+
+
+def _refuse_self(session: Session, node_id: str, keys: list[KeySpec]) -> None:
+    """A node never trusts itself: its own code or key as a peer's is a copy-paste mistake."""
+    local = session.exec(select(LocalNode)).first()
+    if local is not None and local.node_id == node_id:
+        raise ValidationFailed(
+            f"{node_id} is this node itself ({local.name}): add the other county's node id", field="node_id"
+        )
+    own = {row.public_key for row in session.exec(select(NodeKey))}
+    for key in keys:
+        if key.public_key in own:
+            raise ValidationFailed(f"key {key.keyid} is this node's own public key: {COPY_HINT}", field="key")
 
 
 def remove_peer(session: Session, node_id: str) -> None:

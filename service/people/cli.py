@@ -72,4 +72,4 @@ def print_report(console: Console, report: ImportReport) -> None:
         for match in report.possible_duplicates[:SHOWN_ROWS]:
             record = "-" if match.id is None else str(match.id)
             similar.add_row(str(match.line), record, ", ".join(str(i) for i in match.possible_duplicates))
-        console.print(table)
+        console.print(similar)
