@@ -15,14 +15,20 @@ The **denominator** of year Y: people registered at this host (``host_node`` is 
 another origin — a local resident is no migrant), not merged into another record, women aged
 18–49 at some time in Y, arrived by 31 December of Y (or arrival unknown), not departed before
 1 January of Y. The **numerator**: those of them checked for Y. Both are SQL aggregates.
+
+**As of a day** (``through``, the monthly report's last day of its month): the same, for the year up
+to the end of that day in Asia/Shanghai — look-ups dated after it, women who turn 18, arrive or were
+entered in the register after it, are left out, so a month's figure never changes with what came
+later. Corrections to a record (an edited arrival date, a merge) are not versioned and apply as they
+read now.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, and_, func, or_
+from sqlalchemy import ColumnElement, Date, and_, func, or_, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
@@ -68,18 +74,29 @@ def _after_arrival() -> ColumnElement[bool]:
     )
 
 
-def _in_scope(node_id: str, year: int) -> ColumnElement[bool]:
-    # Aged 18–49 at some time in the year: 18th birthday by 31 Dec, 50th birthday after 1 Jan.
+def _in_scope(node_id: str, year: int, through: date, *, as_of: bool = False) -> ColumnElement[bool]:
+    # Aged 18–49 at some time in the year up to ``through``: 18th birthday by then, 50th after 1 Jan.
+    # ``as_of``: the register as it stood at the end of ``through`` (entered by then).
+    entered = col(Person.created_at) < _end_of(through) if as_of else true()
     return and_(
         col(Person.host_node) == node_id,
         col(Person.origin_node) != node_id,
         col(Person.merged_into).is_(None),
         col(Person.sex) == Sex.F,
-        col(Person.birth_date) <= _years_before(date(year, 12, 31), MIN_AGE),
+        col(Person.birth_date) <= _years_before(through, MIN_AGE),
         col(Person.birth_date) > _years_before(date(year, 1, 1), MAX_AGE + 1),
-        or_(col(Person.arrived_on).is_(None), col(Person.arrived_on) <= date(year, 12, 31)),
+        or_(col(Person.arrived_on).is_(None), col(Person.arrived_on) <= through),
         or_(col(Person.departed_on).is_(None), col(Person.departed_on) >= date(year, 1, 1)),
+        entered,
     )
+
+
+def _end_of(day: date) -> datetime:
+    """24:00 of ``day`` in Asia/Shanghai, as a UTC instant."""
+    return datetime.combine(day, time(0), tzinfo=SHANGHAI).astimezone(UTC) + timedelta(days=1)
+
+
+
 
 
 def _years_before(day: date, years: int) -> date:
@@ -89,15 +106,20 @@ def _years_before(day: date, years: int) -> date:
         return day.replace(year=day.year - years, day=28)
 
 
-def node_check_rate(session: Session, year: int) -> CheckRate:
+def node_check_rate(session: Session, year: int, through: date | None = None) -> CheckRate:
+    """The node's check rate for ``year``, or for the year up to the end of the day ``through``."""
+    if through is not None and through.year != year:
+        raise ValueError(f"through={through} is not in {year}")
     node_id = local_node_id(session)
-    start, end = year_bounds(year)
-    denominator = session.exec(select(func.count()).select_from(Person).where(_in_scope(node_id, year))).one()
+    last = through or date(year, 12, 31)
+    start, end = year_bounds(year)[0], _end_of(last)
+    scope = _in_scope(node_id, year, last, as_of=through is not None)
+    denominator = session.exec(select(func.count()).select_from(Person).where(scope)).one()
     checked = (
         select(col(Person.id))
         .join(CertificateCheck, col(CertificateCheck.id_number) == col(Person.id_number))
         .where(
-            _in_scope(node_id, year),
+            scope,
             _after_arrival(),
             col(CertificateCheck.checked_at) >= start,
             col(CertificateCheck.checked_at) < end,
@@ -138,7 +160,7 @@ def person_check_status(session: Session, person_id: int, year: int) -> PersonCh
     in_scope = session.exec(
         select(func.count())
         .select_from(Person)
-        .where(Person.id == person_id, _in_scope(local_node_id(session), year))
+        .where(Person.id == person_id, _in_scope(local_node_id(session), year, date(year, 12, 31)))
     ).one()
     return PersonCheckStatus(
         person_id=person_id,

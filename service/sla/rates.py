@@ -24,7 +24,11 @@ Definitions (every rate is numerator / denominator; ``rate`` is null when the de
 - **个案信息准确率** (``accuracy_rate``), per side: ``record_accuracy`` cases due in the month that have
   been answered (a reply received, on time or not); numerator: outcome ``confirmed``. By peer.
 - **婚育证明查验率** (``check_rate``): ``service.certificates.rates.node_check_rate`` for the month's year
-  (look-ups dated in that year up to the time of generation), one row for the node.
+  up to the month's last day (year to date as of the end of the month), one row for the node.
+
+Every figure of month M depends only on what happened by the end of M: a reply or ack after the month
+is past every deadline in it, an answer received after it does not enter ``accuracy_rate``, and the
+check rate stops at the month's end. So a report regenerated later reads the same.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import Select, and_, case, func, literal, select
@@ -151,7 +155,7 @@ class _Rows:
 def case_counts_query(start: datetime, end: datetime) -> Select[tuple[Any, ...]]:
     c = VerificationCase
     on_time = and_(col(c.reply_received_at).is_not(None), col(c.reply_received_at) <= col(c.due_at))
-    answered = col(c.reply_received_at).is_not(None)
+    answered = and_(col(c.reply_received_at).is_not(None), col(c.reply_received_at) <= end)  # by month end
     query = (
         select(
             col(c.direction),
@@ -233,7 +237,7 @@ def month_rates(session: Session, first: date) -> list[RateRow]:
         if direction == Direction.incoming:
             to_ack: list[tuple[Dimension, str]] = [("peer", peer), ("kind", f"notification:{kind}")]
             rows.add("processing_rate", direction, to_ack, handled, total)
-    check = node_check_rate(session, first.year)
+    check = node_check_rate(session, first.year, through=next_month(first) - timedelta(days=1))
     result = rows.rows()
     result.append(
         RateRow(

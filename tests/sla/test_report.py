@@ -6,8 +6,9 @@ import io
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,19 +19,33 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.certificates.rates import node_check_rate
 from service.clock import clock
 from service.config import Settings
 from service.db import make_engine
 from service.errors import ValidationFailed
 from service.localnet import LocalNode
-from service.models import MonthlyReport, Role
+from service.models import (
+    CaseStatus,
+    CertificateCheck,
+    Direction,
+    LookupPurpose,
+    MonthlyReport,
+    Outcome,
+    Role,
+    Topic,
+    VerificationCase,
+)
 from service.sla import report as reports
 from service.sla.jobs import monthly_report_job
 from service.staff.service import create_staff
-from tests.conftest import NetworkFactory
-from tests.sla.test_rates import engine, sh, traffic
+from tests.certificates.factories import person
+from tests.conftest import NetworkFactory, clock_offset
+from tests.sla.test_rates import case, end_of, engine, sh, traffic
 
 __all__ = ["engine"]  # the both-backends fixture, shared with the rate tests
+# A node process's clock, whatever today is: October 2026 is complete, the report is due.
+NOVEMBER = {"YIPANQI_CLOCK_OFFSET_SECONDS": clock_offset(at=sh("2026-11-20 10:00"))}
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +167,7 @@ def _token(node: LocalNode, role: Role) -> str:
 
 
 def test_staff_api_json_csv_xlsx_and_bad_months(sqlite_network: NetworkFactory) -> None:
-    node = sqlite_network([("410105", "金水区")])[0]
+    node = sqlite_network([("410105", "金水区")], env=NOVEMBER)[0]
     secret = _token(node, Role.auditor)
     headers = {"Authorization": f"Bearer {secret}"}
     with httpx.Client(base_url=node.url, headers=headers, timeout=30.0) as client:
@@ -177,11 +192,12 @@ def test_staff_api_json_csv_xlsx_and_bad_months(sqlite_network: NetworkFactory) 
 
 
 def test_cli_report_table_csv_and_bad_month(sqlite_network: NetworkFactory, tmp_path: Path) -> None:
-    node = sqlite_network([("410105", "金水区")], start=False)[0]
+    node = sqlite_network([("410105", "金水区")], start=False, env=NOVEMBER)[0]
     _token(node, Role.operator)
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIPANQI_")}
     env.update(
-        {"YIPANQI_DATA_DIR": str(node.data_dir), "YIPANQI_DATABASE_URL": node.database_url, "COLUMNS": "200"}
+        {"YIPANQI_DATA_DIR": str(node.data_dir), "YIPANQI_DATABASE_URL": node.database_url, "COLUMNS": "200",
+         **NOVEMBER}
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -199,3 +215,55 @@ def test_cli_report_table_csv_and_bad_month(sqlite_network: NetworkFactory, tmp_
     bad = run("--month", "2026-13")
     assert bad.returncode == 2
     assert "month" in bad.stdout.decode()
+
+
+def _check(number: str, at: datetime) -> CertificateCheck:
+    return CertificateCheck(
+        message_id=str(uuid.uuid4()), id_number=number, subject_name="某某", origin_node="411627",
+        purpose=LookupPurpose.residence_check, found=True, checked_at=at, response_body=b"{}",
+        response_signature_input="yp=()", response_signature="yp=::",
+    )
+
+
+def test_a_month_regenerated_after_later_activity_reads_the_same(engine: Engine) -> None:
+    """Every figure of October depends only on what happened by 24:00 on 31 October (Shanghai)."""
+    clock.freeze(sh("2026-03-01 09:00"))
+    early = person("411627", date(1990, 3, 8), 1, host="410105", arrived_on=date(2026, 2, 1))
+    late = person("411627", date(1991, 4, 9), 2, host="410105", arrived_on=date(2026, 2, 1))
+    open_accuracy = case(Direction.incoming, end_of("2026-10-28"), topic=Topic.record_accuracy)
+    with Session(engine, expire_on_commit=False) as session:
+        session.add_all([*traffic(), early, late, open_accuracy])
+        session.add_all([_check(early.id_number, sh("2026-04-01 10:00")),
+                         _check(early.id_number, sh("2026-10-31 23:59")),
+                         _check(late.id_number, sh("2026-05-01 10:00"))])
+        session.commit()
+    clock.freeze(sh("2026-11-01 00:07"))
+    with Session(engine) as session:
+        before = reports.generate_report(session, "2026-10")
+        session.commit()
+    rows = {(r.metric, r.direction, r.dimension, r.value): r for r in before.rows}
+    check = rows[("check_rate", "node", "year", "2026")]
+    assert (check.numerator, check.denominator) == (1, 2)
+    accuracy = rows[("accuracy_rate", "incoming", "all", "")]
+    assert (accuracy.numerator, accuracy.denominator) == (1, 2)  # F confirmed, G not; the open one unanswered
+
+    # November: the second look-up of the other woman, a woman entered in the register with two
+    # look-ups, a late answer to October's open accuracy case, a late ack of October's arrival.
+    clock.freeze(sh("2026-11-20 10:00"))
+    newcomer = person("411627", date(1992, 5, 10), 3, host="410105", arrived_on=date(2026, 3, 1))
+    with Session(engine) as session:
+        session.add(newcomer)
+        session.add_all([_check(late.id_number, sh("2026-11-02 10:00")),
+                         _check(newcomer.id_number, sh("2026-11-03 10:00")),
+                         _check(newcomer.id_number, sh("2026-11-04 10:00"))])
+        stored = session.get(VerificationCase, open_accuracy.id)
+        assert stored is not None
+        stored.status, stored.outcome = CaseStatus.answered, Outcome.confirmed
+        stored.answered_at = stored.reply_received_at = sh("2026-11-20 10:00")
+        session.commit()
+        after = reports.generate_report(session, "2026-10")
+        session.commit()
+        year_so_far = node_check_rate(session, 2026)
+    assert (year_so_far.numerator, year_so_far.denominator) == (3, 3)  # the year as it stands now
+    assert after.generated_at > before.generated_at
+    assert after.rows == before.rows
