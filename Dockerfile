@@ -15,9 +15,10 @@ RUN groupadd --system --gid 10001 yipanqi \
 
 WORKDIR /src
 # README.md is the package's long description (pyproject.toml); the rest is the package itself.
-COPY pyproject.toml README.md ./
+# constraints.txt pins every version (deploy/lock.sh), so two builds install the same packages.
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
-RUN pip install . \
+RUN pip install --constraint constraints.txt '.[postgres]' \
  && rm -rf /src
 
 # The data folder: keys/ (the node's private key, 0600) and, without YIPANQI_DATABASE_URL, SQLite.

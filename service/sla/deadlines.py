@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -34,9 +35,15 @@ def is_working_day(day: date) -> bool:
     the State Council publishes next year's schedule each November, so keep the package current.
     """
     if day.year not in KNOWN_YEARS:
-        log.warning("holiday calendar has no data for year=%d; counting Monday-Friday", day.year)
+        _warn_unknown_year(day.year)
         return day.weekday() < 5
     return bool(chinese_calendar.is_workday(day))
+
+
+@cache
+def _warn_unknown_year(year: int) -> None:
+    """Once per process and year, not once per day counted."""
+    log.warning("holiday calendar has no data for year=%d; counting Monday-Friday", year)
 
 
 def due_at(received_at: datetime, rule: DeadlineRule) -> datetime:
