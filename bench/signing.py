@@ -37,7 +37,7 @@ def main() -> None:
     body = json.loads(VECTOR.read_text(encoding="utf-8"))["request"]["body"].encode("utf-8")
     key = Ed25519PrivateKey.generate()
     public = key.public_key()
-    now = datetime.now(UTC)
+    now = datetime.now(UTC)  # real clock
     headers = sign_request(
         method="POST",
         path="/peer/v1/verification-requests",

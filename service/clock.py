@@ -55,6 +55,11 @@ class Clock:
     def offset(self) -> timedelta:
         return self._offset
 
+    def rebase(self, offset: timedelta) -> None:
+        """Make ``offset`` the one this clock starts from and returns to (a test session's pinned now)."""
+        self._start_offset = offset
+        self.reset()
+
     def reset(self) -> None:
         """Back to the offset the process started with (none unless the environment set one)."""
         self._offset = self._start_offset

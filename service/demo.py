@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service.clock import utcnow
 from service.localnet import LocalNode, NodeStartError, build_network, port_in_use, stop_all, wait_for
 from service.sla.deadlines import SHANGHAI
 
@@ -340,7 +341,7 @@ def _register_act(console: Console, by_id: dict[str, LocalNode]) -> None:
 
 def _check_rate(console: Console, host: LocalNode) -> None:
     """The rate right after the first checks is low on purpose: say why, then show it rise."""
-    year = datetime.now(SHANGHAI).year
+    year = utcnow().astimezone(SHANGHAI).year
     rate = _rate(host, year)
     _say(console, f"  金水区 {year} 年婚育证明查验率 (check_rate)：{rate}")
     _say(

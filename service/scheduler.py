@@ -44,7 +44,7 @@ def build_scheduler(
         partial(sla_sweep_job, heartbeat.beat if heartbeat is not None else None),
         "interval",
         seconds=settings.sweep_interval_seconds,
-        next_run_time=datetime.now(UTC),  # APScheduler runs on the real clock, not the moved one
+        next_run_time=datetime.now(UTC),  # real clock: APScheduler runs on it, not on the moved one
         id="sla_sweep",
         max_instances=1,
         coalesce=True,

@@ -6,18 +6,54 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from service.clock import clock
 from service.localnet import LocalNode, build_network
 
 PG_ENV = "YIPANQI_TEST_DATABASE_URL"
-# Fast relay timings so tests do not wait on production backoff.
+
+# Tests never read today's date: the whole session, this process and every node it starts, runs on
+# a clock pinned to YIPANQI_TEST_NOW (an ISO time with its offset) when the session starts, and
+# moving on from there in real time. .ci/run runs the date-sensitive suites under several of them.
+TEST_NOW_ENV = "YIPANQI_TEST_NOW"
+DEFAULT_TEST_NOW = "2026-06-10T10:00:00+08:00"  # a Wednesday mid-month, far from any holiday
+
+
+def pinned_now(environ: Mapping[str, str] = os.environ) -> datetime:
+    raw = environ.get(TEST_NOW_ENV) or DEFAULT_TEST_NOW
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{TEST_NOW_ENV} must be an ISO time such as {DEFAULT_TEST_NOW}") from None
+    if at.tzinfo is None:
+        raise pytest.UsageError(f"{TEST_NOW_ENV} needs its UTC offset, e.g. {DEFAULT_TEST_NOW}")
+    return at
+
+
+TEST_NOW = pinned_now()
+SESSION_OFFSET = TEST_NOW - datetime.now(UTC)  # real clock
+clock.rebase(SESSION_OFFSET)
+
+
+def clock_offset(after: timedelta = timedelta(0), *, at: datetime | None = None) -> str:
+    """YIPANQI_CLOCK_OFFSET_SECONDS for a node whose clock reads ``at`` (default: the test clock) + ``after``.
+
+    An offset is from the real clock, which is what a node process adds it to.
+    """
+    offset = SESSION_OFFSET if at is None else at - datetime.now(UTC)  # real clock
+    return str((offset + after).total_seconds())
+
+
+# Fast relay timings so tests do not wait on production backoff; the session's pinned clock.
 FAST = {
+    "YIPANQI_CLOCK_OFFSET_SECONDS": clock_offset(),
     "YIPANQI_RELAY_INTERVAL_SECONDS": "0.2",
     "YIPANQI_RELAY_BACKOFF_BASE_SECONDS": "0.2",
     "YIPANQI_RELAY_BACKOFF_CAP_SECONDS": "1",

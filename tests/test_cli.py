@@ -7,22 +7,25 @@ import socket
 import stat
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from rich.cells import cell_len
 
+from service.clock import utcnow
 from service.db import make_engine
 from service.migrations import upgrade
 from service.signing.keys import public_key_from_text
 from service.sla.deadlines import SHANGHAI
 from service.sla.schemas import METRIC_NAMES
+from tests.conftest import clock_offset
 
 
 def run(data_dir: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIPANQI_")}
     env["YIPANQI_DATA_DIR"] = str(data_dir)
+    env["YIPANQI_CLOCK_OFFSET_SECONDS"] = clock_offset()  # the session's pinned clock
     env["COLUMNS"] = "200"
     env.update(env_extra)
     return subprocess.run([sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True)
@@ -189,7 +192,7 @@ def test_a_misspelt_setting_is_refused_with_the_closest_name(node_dir: Path) -> 
 
 
 def test_report_is_readable_at_80_columns_in_beijing_time(node_dir: Path) -> None:
-    today = datetime.now(SHANGHAI).date()
+    today = utcnow().astimezone(SHANGHAI).date()
     month = (today.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
     result = run(node_dir, "report", "--month", month, COLUMNS="80")
     assert result.returncode == 0, result.stdout + result.stderr

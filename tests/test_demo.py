@@ -134,7 +134,7 @@ def test_once_shows_times_in_beijing_time(once: Run) -> None:
     assert "UTC+08:00" in once.output
     shown = re.findall(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", once.output)
     assert len(shown) == 3  # when each 协查 was answered
-    now = datetime.now(SHANGHAI).replace(tzinfo=None)
+    now = datetime.now(SHANGHAI).replace(tzinfo=None)  # real clock: the demo's nodes run on it
     for text in shown:
         assert abs(datetime.strptime(text, "%Y-%m-%d %H:%M") - now) < timedelta(minutes=15), text
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import pytest
@@ -13,9 +13,12 @@ from sqlmodel import Session, select
 from service.db import make_engine
 from service.localnet import LocalNode, wait_for
 from service.models import Child, Person, Sex, VerificationCase
-from tests.conftest import NetworkFactory
+from service.sla.deadlines import SHANGHAI
+from tests.conftest import NetworkFactory, clock_offset
 
 HOST, ORIGIN = ("410105", "金水区"), ("411627", "太康县")
+# The nodes' clocks, whatever today is: the births below are of October 2026, registered in November.
+NOVEMBER = {"YIPANQI_CLOCK_OFFSET_SECONDS": clock_offset(at=datetime(2026, 11, 2, 10, tzinfo=SHANGHAI))}
 
 
 def add_person(node: LocalNode, id_number: str, name: str, sex: Sex, birth: date, children: int = 0) -> int:
@@ -92,7 +95,7 @@ def registration(host: LocalNode, reg_id: int) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_registered_at_once_then_confirmed_or_reviewed(network: NetworkFactory) -> None:
-    host, origin = network([HOST, ORIGIN])
+    host, origin = network([HOST, ORIGIN], env=NOVEMBER)
     wang = add_person(host, "411627199503080024", "王秀英", Sex.F, date(1995, 3, 8))
     li = add_person(host, "411627199802140023", "李娟", Sex.F, date(1998, 2, 14), children=1)
 
@@ -144,7 +147,7 @@ def test_registered_at_once_then_confirmed_or_reviewed(network: NetworkFactory) 
 
 @pytest.mark.slow
 def test_bad_registrations_change_nothing(sqlite_network: NetworkFactory) -> None:
-    host, _origin = sqlite_network([HOST, ORIGIN])
+    host, _origin = sqlite_network([HOST, ORIGIN], env=NOVEMBER)
     mother = add_person(host, "411627199107150043", "张丽", Sex.F, date(1991, 7, 15), children=2)
     father = add_person(host, "411627199001010018", "张强", Sex.M, date(1990, 1, 1))
     fresh = add_person(host, "411627199503080024", "王秀英", Sex.F, date(1995, 3, 8))

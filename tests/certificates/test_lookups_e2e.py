@@ -21,7 +21,7 @@ from service.exchange.envelope import envelope_body
 from service.localnet import LocalNode, wait_for
 from service.models import CertificateCheck, LookupLog
 from service.signing.node import load_signer
-from service.sla.deadlines import DeadlineRule, due_at
+from service.sla.deadlines import SHANGHAI, DeadlineRule, due_at
 from tests.certificates.factories import add_to_node, id_number, person
 from tests.conftest import NetworkFactory
 
@@ -112,7 +112,7 @@ def test_lookups_disclose_by_purpose_and_are_logged_on_both_sides(network: Netwo
     listed = host.api("GET", "/api/v1/certificates/checks", params={"person_id": person_id}).json()
     assert listed["total"] == 4
     assert all("id_number" not in item for item in listed["items"])
-    year = datetime.now().year
+    year = utcnow().astimezone(SHANGHAI).year
     rate = host.api("GET", "/api/v1/certificates/check-rate", params={"year": year}).json()
     assert rate == {"year": year, "numerator": 1, "denominator": 1, "rate": 1.0}
     status = host.api(

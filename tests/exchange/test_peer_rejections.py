@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
+from service.clock import utcnow
 from service.db import make_engine
 from service.localnet import LocalNode, build_network
 from service.models import PeerKey
@@ -111,7 +111,7 @@ def reply_payload(outcome: str = "confirmed", findings: str = "已婚，一孩�
 
 
 def _now_text() -> str:
-    return datetime.now(SHANGHAI).replace(microsecond=0).isoformat()
+    return utcnow().astimezone(SHANGHAI).replace(microsecond=0).isoformat()
 
 
 def envelope(
@@ -152,7 +152,7 @@ def signed(
         body=body,
         key=key or peer.keys[label],
         keyid=peer.keyid(label),
-        created=created or datetime.now(UTC).replace(microsecond=0),
+        created=created or utcnow().replace(microsecond=0),
         lifetime=timedelta(seconds=lifetime),
         nonce=nonce,
     )
@@ -172,7 +172,7 @@ def hand_signed(
     digest: str | None = None,
 ) -> dict[str, str]:
     """A valid RFC 9421 signature over whatever parameters the test wants, even ones PROTOCOL.md forbids."""
-    created = int(time.time()) if created is None else created
+    created = int(utcnow().timestamp()) if created is None else created
     params: dict[str, int | str] = {
         "created": created,
         "expires": created + 300,
@@ -229,7 +229,7 @@ class Target:
             body=response.content,
             resolve_key=lambda keyid: self.public_key if keyid == self.keyid else None,
             expected_node=HOST,
-            now=datetime.now(UTC),
+            now=utcnow(),
         )
 
     def log_text(self) -> str:
@@ -296,7 +296,7 @@ class Target:
 def _set_key_validity(node: LocalNode) -> None:
     """``peers add`` takes no validity period: write it into the node's database before it starts."""
     engine = make_engine(node.database_url)
-    now = datetime.now(UTC)
+    now = utcnow()
     try:
         with Session(engine) as session:
             old = session.get(PeerKey, ASKER.keyid("old"))
@@ -359,7 +359,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def test_hand_signer_matches_the_project_signer() -> None:
     """The hand signer below differs from ``sign_request`` only where a test changes a parameter."""
     body = canonical(envelope())
-    created = datetime.now(UTC).replace(microsecond=0)
+    created = utcnow().replace(microsecond=0)
     nonce = new_nonce()
     by_project = signed(REQUESTS, body, created=created, nonce=nonce)
     by_hand = hand_signed(REQUESTS, body, created=int(created.timestamp()), nonce=nonce)
@@ -395,7 +395,7 @@ def _first_broken_rule_cases() -> list[Any]:
         return body + b" ", headers
 
     def expired_and_bad_signature(body: bytes) -> tuple[bytes, dict[str, str]]:
-        old = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=400)
+        old = utcnow().replace(microsecond=0) - timedelta(seconds=400)
         return body, _flip_signature(signed(REQUESTS, body, created=old))
 
     def bad_signature_and_tampered(body: bytes) -> tuple[bytes, dict[str, str]]:
@@ -503,7 +503,7 @@ def test_wrong_signature_parameters(target: Target, params: dict[str, Any]) -> N
 def test_unknown_or_expired_key(target: Target, keyid: str, key: Ed25519PrivateKey) -> None:
     body = canonical(envelope())
     headers = sign_request(
-        method="POST", path=REQUESTS, body=body, key=key, keyid=keyid, created=datetime.now(UTC)
+        method="POST", path=REQUESTS, body=body, key=key, keyid=keyid, created=utcnow()
     )
     target.refused(REQUESTS, body, headers, 401, "unknown_key")
 
@@ -522,7 +522,7 @@ def test_unknown_or_expired_key(target: Target, keyid: str, key: Ed25519PrivateK
 )
 def test_signature_outside_its_time_window(target: Target, age: int, lifetime: int) -> None:
     body = canonical(envelope())
-    created = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=age)
+    created = utcnow().replace(microsecond=0) - timedelta(seconds=age)
     headers = signed(REQUESTS, body, created=created, lifetime=lifetime)
     target.refused(REQUESTS, body, headers, 401, "signature_expired")
 
@@ -602,7 +602,7 @@ def test_replayed_request(target: Target) -> None:
 def test_nonce_is_kept_until_expires_plus_skew(target: Target) -> None:
     body = canonical(envelope())
     nonce = new_nonce()
-    created = datetime.now(UTC).replace(microsecond=0)
+    created = utcnow().replace(microsecond=0)
     target.accepted(REQUESTS, body, signed(REQUESTS, body, created=created, nonce=nonce))
     with target.db.connect() as conn:
         kept = conn.execute(

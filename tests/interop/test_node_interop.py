@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,6 +22,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from service.clock import utcnow
 from service.localnet import LocalNode, build_network, wait_for
 from service.signing.http import new_nonce, sign_request
 from service.signing.keys import public_key_text
@@ -59,7 +58,7 @@ def request_body() -> bytes:
             "type": "verification.request",
             "sender": PEER,
             "recipient": HOST,
-            "sent_at": datetime.now(SHANGHAI).replace(microsecond=0).isoformat(),
+            "sent_at": utcnow().astimezone(SHANGHAI).replace(microsecond=0).isoformat(),
             "correlation_id": None,
             "payload": {
                 "subject": SUBJECT,
@@ -104,7 +103,7 @@ class FakePeer:
             headers=headers,
             body=body,
             public_key_b64url=self.node_public_key,
-            now=int(time.time()),
+            now=int(utcnow().timestamp()),
         )
         self.deliveries.append(Delivery(path, headers, body, verdict))
         self.arrived.set()
@@ -115,7 +114,7 @@ class FakePeer:
             {
                 "message_id": json.loads(body)["message_id"],
                 "status": "accepted",
-                "received_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+                "received_at": utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z"),
                 "digest": digest,
                 "due_at": RECEIPT_DUE_AT,
             }
@@ -126,7 +125,7 @@ class FakePeer:
             body=receipt,
             private_seed_hex=PEER_SEED,
             keyid=PEER_KEYID,
-            created=int(time.time()),
+            created=int(utcnow().timestamp()),
         )
         return 202, signed.headers, receipt
 
@@ -188,7 +187,7 @@ def node_public_key(node: LocalNode) -> str:
 
 
 def independently_signed(body: bytes, *, nonce: str | None = None) -> dict[str, str]:
-    created = int(time.time())
+    created = int(utcnow().timestamp())
     return independent.sign_request(
         method="POST",
         url=REQUESTS,
@@ -208,7 +207,7 @@ def verified_independently(node: LocalNode, response: httpx.Response) -> indepen
         headers=dict(response.headers.items()),
         body=response.content,
         public_key_b64url=node_public_key(node),
-        now=int(time.time()),
+        now=int(utcnow().timestamp()),
     )
 
 
@@ -252,7 +251,7 @@ def test_independent_verifier_rejects_a_tampered_node_receipt(node: LocalNode) -
         headers=dict(response.headers.items()),
         body=response.content.replace(b'"accepted"', b'"duplicate"'),
         public_key_b64url=node_public_key(node),
-        now=int(time.time()),
+        now=int(utcnow().timestamp()),
     )
     assert verdict == independent.Verdict(ok=False, error="Content-Digest does not match the body")
 
@@ -262,7 +261,7 @@ def test_independent_verifier_rejects_a_tampered_node_receipt(node: LocalNode) -
 
 def test_project_signed_request_verifies_independently() -> None:
     body = request_body()
-    created = datetime.now(UTC).replace(microsecond=0)
+    created = utcnow().replace(microsecond=0)
     headers = sign_request(
         method="POST",
         path=REQUESTS,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,6 +13,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
+from service.clock import utcnow
 from service.db import make_engine
 from service.directory.service import KeySpec, add_peer
 from service.localnet import LocalNode, wait_for
@@ -147,7 +147,7 @@ def _envelope(
         "type": type,
         "sender": sender,
         "recipient": recipient,
-        "sent_at": datetime.now(SHANGHAI).replace(microsecond=0).isoformat(),
+        "sent_at": utcnow().astimezone(SHANGHAI).replace(microsecond=0).isoformat(),
         "correlation_id": correlation,
         "payload": payload,
     }
@@ -161,7 +161,7 @@ def post(node: LocalNode, path: str, body: bytes, key: Ed25519PrivateKey, keyid:
         body=body,
         key=key,
         keyid=keyid,
-        created=datetime.now(UTC).replace(microsecond=0),
+        created=utcnow().replace(microsecond=0),
     )
     return httpx.post(node.url + path, content=body, headers=headers, timeout=30.0)
 
@@ -246,7 +246,7 @@ def test_refused_notifications_and_acks(pair: tuple[LocalNode, LocalNode]) -> No
     out = send(host, origin, "contraception")
     wait_for(lambda: find(host, out["message_id"], "delivered"))
     ack_path = f"/peer/v1/notifications/{out['message_id']}/ack"
-    ack_at = {"acknowledged_at": datetime.now(SHANGHAI).replace(microsecond=0).isoformat()}
+    ack_at = {"acknowledged_at": utcnow().astimezone(SHANGHAI).replace(microsecond=0).isoformat()}
 
     def ack(sender: str, correlation: str = out["message_id"]) -> bytes:
         return _envelope(

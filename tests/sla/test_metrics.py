@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -9,10 +10,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.localnet import LocalNode, wait_for
-from tests.conftest import NetworkFactory
+from service.sla.deadlines import SHANGHAI
+from tests.conftest import NetworkFactory, clock_offset
 
 SUBJECT = {"id_number": "411627199503080024", "name": "王秀英", "sex": "F", "birth_date": "1995-03-08"}
-FORTY_DAYS = str(40 * 86400)
 
 
 def scrape(node: LocalNode) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -82,9 +83,13 @@ def test_metrics_count_the_traffic_and_the_sweeps_make_notices(sqlite_network: N
         assert value(metrics, "yipanqi_relay_oldest_pending_age_seconds") == 0
         assert value(metrics, "yipanqi_relay_dead_messages") == 0
     assert value(on_taikang, "yipanqi_overdue_items", item_type="verification", direction="incoming") == 0
-    # The current month's rates are there with numerator and denominator (nothing due yet: 0 / 0).
+    # The current month's rates are there with numerator and denominator: the open case counts in
+    # the month of its deadline (24:00 of a day in Shanghai), none is answered yet.
     month = next(dict(labels)["month"] for name, labels in on_taikang if name == "yipanqi_rate_denominator")
+    due_month = (datetime.fromisoformat(incoming["due_at"]) - timedelta(microseconds=1)).astimezone(SHANGHAI)
     assert value(on_taikang, "yipanqi_rate_denominator", metric="feedback_rate", direction="incoming",
+                 month=month) == (1 if due_month.strftime("%Y-%m") == month else 0)
+    assert value(on_taikang, "yipanqi_rate_numerator", metric="feedback_rate", direction="incoming",
                  month=month) == 0
     ready = httpx.get(f"{taikang.url}/readyz", timeout=10).json()
     assert ready["checks"]["scheduler"] == "ok"
@@ -92,7 +97,7 @@ def test_metrics_count_the_traffic_and_the_sweeps_make_notices(sqlite_network: N
 
     # Forty days later (the 30-day deadline has passed) the sweep at start-up finds the case overdue.
     taikang.stop()
-    taikang.env_extra["YIPANQI_CLOCK_OFFSET_SECONDS"] = FORTY_DAYS
+    taikang.env_extra["YIPANQI_CLOCK_OFFSET_SECONDS"] = clock_offset(timedelta(days=40))
     taikang.start()
     operator = wait_for(lambda: (page := taikang.api("GET", "/api/v1/notices").json())["total"] and page)
     assert [(n["kind"], n["item_type"], n["item_id"], n["role"]) for n in operator["items"]] == [

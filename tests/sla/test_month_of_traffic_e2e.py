@@ -20,13 +20,13 @@ feedback 3/5, key-target feedback 1/2, urgent feedback 2/3; the origin's process
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from service.localnet import LocalNode, wait_for
-from tests.conftest import NetworkFactory
+from tests.conftest import NetworkFactory, clock_offset
 
 SUBJECT = {"id_number": "411627199503080024", "name": "王秀英", "sex": "F", "birth_date": "1995-03-08"}
 REQUESTS = {  # name: (priority, key_target)
@@ -41,10 +41,9 @@ REQUESTS = {  # name: (priority, key_target)
 def move_to(nodes: list[LocalNode], shanghai_time: str) -> None:
     """Restart the nodes with their clocks at ``shanghai_time`` (e.g. '2026-10-16T20:00')."""
     target = datetime.fromisoformat(shanghai_time + "+08:00")
-    offset = (target - datetime.now(UTC)).total_seconds()
     for node in nodes:
         node.stop()
-        node.env_extra["YIPANQI_CLOCK_OFFSET_SECONDS"] = str(offset)
+        node.env_extra["YIPANQI_CLOCK_OFFSET_SECONDS"] = clock_offset(at=target)
         node.start()
 
 

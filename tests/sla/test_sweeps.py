@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from service.clock import OFFSET_ENV, Clock, offset_from_env
+from service.clock import OFFSET_ENV, Clock, offset_from_env, utcnow
 from service.config import Settings
 from service.db import make_engine
 from service.migrations import upgrade
@@ -310,10 +310,10 @@ def test_clock_offset_from_the_environment() -> None:
         with pytest.raises(ValueError, match=OFFSET_ENV):
             offset_from_env({OFFSET_ENV: bad})
     moved = Clock(timedelta(days=40))
-    assert moved.now() - datetime.now(UTC) > timedelta(days=39)
+    assert moved.now() - datetime.now(UTC) > timedelta(days=39)  # real clock
     moved.advance(timedelta(days=1))
     moved.reset()  # back to the offset it started with, not to none
-    assert timedelta(days=39) < moved.now() - datetime.now(UTC) < timedelta(days=41)
+    assert timedelta(days=39) < moved.now() - datetime.now(UTC) < timedelta(days=41)  # real clock
 
 
 # --- two replicas on one PostgreSQL ------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_two_replicas_claim_disjoint_outbox_rows(postgres: object) -> None:
     first = make_engine(url)
     upgrade(first)
     second = make_engine(url)
-    now = datetime.now(UTC)
+    now = utcnow()
     with Session(first) as session:
         for n in range(150):
             session.add(OutboxMessage(
