@@ -77,6 +77,9 @@ def _open_database(*, create: bool = False) -> None:
         _fail(f"no node in {settings.data_dir.resolve()} ({missing}): {INIT_HINT}")
     try:
         upgrade(get_engine())
+    except ModuleNotFoundError as exc:  # the database's driver is an extra (psycopg for PostgreSQL)
+        _fail(f"the driver for YIPANQI_DATABASE_URL is not installed ({exc.name}): "
+              "pip install 'yipanqi[postgres]' for PostgreSQL")
     except OperationalError as exc:
         where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
         _fail(f"cannot open the database {where}: {str(exc.orig).strip().splitlines()[0]}")
