@@ -109,5 +109,9 @@ UnsupportedMediaType = _error("UnsupportedMediaType", 415, "unsupported_media_ty
 # Staff API errors.
 NotAuthenticated = _error("NotAuthenticated", 401, "not_authenticated", "Bearer token missing or invalid")
 NotFound = _error("NotFound", 404, "not_found", "Not found")
+# Any path, staff API or peer: a method the path does not take (the Allow header lists those it does).
+MethodNotAllowed = _error("MethodNotAllowed", 405, "method_not_allowed", "Method not allowed")
+HTTPError = _error("HTTPError", 400, "http_error", "HTTP error")  # any other refusal by the framework
+InternalError = _error("InternalError", 500, "internal_error", "Internal error")  # a bug, never bad input
 InvalidState = _error("InvalidState", 409, "invalid_state", "Not allowed in the current state")
 ValidationFailed = _error("ValidationFailed", 422, "validation_failed", "Invalid input")

@@ -6,24 +6,39 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.births import routes as births
 from service.certificates import routes as certificates
 from service.certificates.peer import ENDPOINTS as CERTIFICATE_ENDPOINTS
 from service.config import Settings, get_settings
 from service.db import new_session
-from service.errors import PROBLEM_JSON, DomainError, Problem, ValidationFailed, problem_body
+from service.errors import (
+    PROBLEM_JSON,
+    DomainError,
+    HTTPError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    Problem,
+    ValidationFailed,
+    problem_body,
+    problem_responses,
+)
 from service.exchange import admin as exchange_admin
 from service.exchange.envelope import canonical_json
 from service.exchange.inbox import PeerEndpoint
 from service.exchange.relay import Relay, RelayWorker
-from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response
+from service.exchange.routes import build_peer_router, envelope_schema_name, problem_response, signed
 from service.health import metrics
 from service.health import routes as health
 from service.health.metrics import NodeMetrics
@@ -70,27 +85,74 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.relay.client.close()
 
 
-def _validation_problem(_request: Request, exc: Exception) -> Response:
+PEER_PREFIX = "/peer/v1/"
+
+
+def _answer(request: Request, response: Response) -> Response:
+    """Every answer under /peer/v1 is signed (PROTOCOL.md), unknown paths and methods included."""
+    signer = getattr(request.app.state, "signer", None)  # None only before the lifespan has run
+    if request.url.path.startswith(PEER_PREFIX) and signer is not None:
+        return signed(response, signer)
+    return response
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """``body.subject.name`` → ``subject.name``; a path parameter by its name (``month``)."""
+    parts = loc[1:] if loc and loc[0] in ("body", "path") else loc
+    return ".".join(str(p) for p in parts)
+
+
+def _validation_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Field and reason only: never echo the rejected value (it may be an ID number).
     errors = [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "reason": e["msg"]} for e in exc.errors()
+        {"field": "" if e["type"] == "json_invalid" else _field(tuple(e["loc"])), "reason": e["msg"]}
+        for e in exc.errors()
     ]
-    return problem_response(ValidationFailed("the request does not validate", errors=errors))
+    error = ValidationFailed("the request does not validate", errors=errors)
+    return _answer(request, problem_response(error))
 
 
-def _http_problem(_request: Request, exc: Exception) -> Response:
-    """Unknown paths, wrong methods: problem+json like every other error."""
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's 405 names only the first route's)."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+    return ", ".join(allowed)
+
+
+def _http_problem(request: Request, exc: Exception) -> Response:
+    """Unknown paths, wrong methods, unreadable bodies: problem+json like every other error."""
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    title = HTTPStatus(exc.status_code).phrase
-    body = canonical_json(problem_body(exc.status_code, code, title, str(exc.detail)))
-    return Response(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
+    if exc.status_code == 404:
+        response = problem_response(NotFound("no such path"))
+    elif exc.status_code == 405:
+        response = problem_response(MethodNotAllowed(f"{request.method} is not allowed here"))
+        response.headers["Allow"] = _allowed_methods(request)
+    elif exc.status_code == 400:  # a body that is not JSON in UTF-8 (or not multipart): like invalid JSON
+        errors = [{"field": "", "reason": str(exc.detail)}]
+        response = problem_response(ValidationFailed("the request body could not be read", errors=errors))
+    else:
+        title = HTTPStatus(exc.status_code).phrase
+        body = canonical_json(problem_body(exc.status_code, HTTPError.code, title, str(exc.detail)))
+        response = Response(body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers)
+    return _answer(request, response)
 
 
-def _domain_problem(_request: Request, exc: Exception) -> Response:
+def _domain_problem(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    return problem_response(exc)
+    return _answer(request, problem_response(exc))
+
+
+def _internal_problem(request: Request, _exc: Exception) -> Response:
+    """A bug: problem+json without the trace (the server logs it), signed under /peer/v1 like any answer."""
+    return _answer(request, problem_response(InternalError("the node failed to answer; the error is logged")))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -99,6 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="一盘棋: signed 协查, 婚育证明 and 通报 exchange between county nodes",
         lifespan=lifespan,
+        docs_url=None,  # _add_docs(): Swagger UI from the package, never a CDN
+        redoc_url=None,  # ReDoc's bundle loads its logo from the vendor's CDN: not offered
     )
     app.state.settings = settings or get_settings()
     app.state.metrics = NodeMetrics()
@@ -116,8 +180,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DomainError, _domain_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
+    app.add_exception_handler(Exception, _internal_problem)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    _add_docs(app)
     return app
+
+
+# Swagger UI's files as the fastapi-offline package ships them: /docs works on a network without
+# the internet (a county's government network). No file the node serves names another host.
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon.png": "image/png",
+}
+
+
+def _add_docs(app: FastAPI) -> None:
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon.png",
+            # No "validate at validator.swagger.io" badge: it would send the contract outside.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    def docs_asset(name: str) -> FileResponse:
+        if name not in DOCS_FILES:
+            raise NotFound("no such file")
+        return FileResponse(DOCS_ASSETS / name, media_type=DOCS_FILES[name])
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -127,6 +224,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     from fastapi.openapi.utils import get_openapi
 
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    _validation_errors_are_problems(schema)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(problem.pop("$defs", {}))
@@ -137,3 +235,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components[envelope_schema_name(endpoint)] = envelope
     app.openapi_schema = schema
     return schema
+
+
+def _validation_errors_are_problems(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own 422 body; _validation_problem answers problem+json instead."""
+    (problem,) = problem_responses({422: "validation_failed"}).values()
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            content = operation.get("responses", {}).get("422", {}).get("content", {})
+            if "application/json" in content:
+                operation["responses"]["422"] = problem
+    components = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,9 @@ from service.cli import app
 from service.errors import InvalidMessage, UnknownRequest
 from service.exchange.routes import envelope_schema_name
 from service.main import PEER_ENDPOINTS
+from tests import vectors
 
 ROOT = Path(__file__).resolve().parents[1]
-VECTOR_CANDIDATES = (
-    ROOT.parent / "shared" / "design" / "vectors" / "verification-request.json",
-    ROOT / "shared" / "design" / "vectors" / "verification-request.json",
-)
 
 
 def load(relative: str) -> dict[str, Any]:
@@ -51,12 +50,7 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
 
 @pytest.fixture(scope="module")
 def vector() -> dict[str, Any]:
-    for path in VECTOR_CANDIDATES:
-        if path.is_file():
-            data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-            return data
-    # The vector lives in the design folder beside the checkout (CI has it); a bare clone may not.
-    pytest.skip(f"protocol test vector not found; looked at {[str(p) for p in VECTOR_CANDIDATES]}")
+    return vectors.load()  # tests/vectors/, made by tests/vectors/generate.py
 
 
 # --- the committed files are the generated ones ---------------------------------------------------
@@ -225,3 +219,63 @@ def test_contracts_check_names_the_drifted_files(tmp_path: Path) -> None:
     assert runner.invoke(app, ["contracts", "--root", str(tmp_path)]).exit_code == 0
     assert not (tmp_path / "schemas" / "notification.old.json").exists()
     assert runner.invoke(app, ["contracts", "--check", "--root", str(tmp_path)]).exit_code == 0
+
+
+# --- the repository stands alone ----------------------------------------------------------------------
+
+# Generated or installed, never committed (.gitignore): not the repository's own text.
+NOT_OURS = {".git", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv"}
+# A path into the design or domain folder beside the checkout, written out or joined as a Path.
+# ("shar[e]d" so that this file does not match itself.)
+OUTSIDE = re.compile(
+    rb"\.\./shar[e]d\b"
+    rb"|shar[e]d[/\\](?:design|domain)\b"
+    rb"""|["']shar[e]d["']\s*[/,]\s*["'](?:design|domain)["']"""
+    rb"""|\.parents?(?:\[\d+\])?\s*/\s*["']shar[e]d["']"""
+)
+
+
+def repository_files() -> list[Path]:
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in NOT_OURS and not d.endswith(".egg-info")]
+        found += [Path(folder, name) for name in files]
+    return found
+
+
+def test_the_pattern_finds_what_it_must() -> None:
+    s = "shar" + "ed"
+    for text in (
+        f"../{s}/design/vectors/verification-request.json",
+        f"the design folder ({s}/design)",
+        f"{s}\\domain\\DOMAIN.md",
+        f'ROOT.parent / "{s}" / "design" / "vectors"',
+        f"os.path.join('..', '{s}', 'domain')",
+        f'ROOT.parent / "{s}"',
+        f'Path(__file__).resolve().parents[2] / "{s}" / name',
+    ):
+        assert OUTSIDE.search(text.encode()), text
+    for text in ("a shared database", "shared by the CLI and the API", f"with {s}/ beside it"):
+        assert not OUTSIDE.search(text.encode()), text
+
+
+def test_no_file_refers_to_folders_outside_the_repository() -> None:
+    """Protocol, domain notes and vectors are in docs/ and tests/vectors/: nothing reads beside the clone."""
+    files = repository_files()
+    assert ROOT / "docs" / "protocol.md" in files
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
+        for number, line in enumerate(path.read_bytes().splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert offenders == [], f"these lines point outside the repository: {offenders}"
+
+
+def test_readme_points_to_the_docs_in_the_repository() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for doc in ("docs/protocol.md", "docs/domain.md"):
+        assert f"`{doc}`" in readme, doc
+        assert (ROOT / doc).is_file(), doc
+    assert "PROTOCOL.md" not in readme
+    assert "DOMAIN.md" not in readme

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.births import service
 from service.births.schemas import BirthPage, BirthRegistrationCreate, BirthRegistrationRead, BirthReview
@@ -12,6 +10,7 @@ from service.db import SessionDep
 from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import BirthRegistrationStatus
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader, Supervisor
 from service.staff.service import audit
 
@@ -36,24 +35,24 @@ def list_births(
     session: SessionDep,
     _staff: Reader,
     status: BirthRegistrationStatus | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> BirthPage:
     """``?status=review``: registrations the origin did not confirm."""
     items, total = service.list_registrations(session, status, page, page_size)
     return BirthPage(items=items, total=total)
 
 
-@router.get("/{registration_id}", response_model=BirthRegistrationRead, responses=ERRORS)
-def read(registration_id: int, session: SessionDep, staff: Reader) -> BirthRegistrationRead:
+@router.get("/{registration_id:int}", response_model=BirthRegistrationRead, responses=ERRORS)
+def read(registration_id: DbId, session: SessionDep, staff: Reader) -> BirthRegistrationRead:
     result = service.get(session, registration_id)
     audit(staff, "birth.read", f"birth:{registration_id}")
     return result
 
 
-@router.post("/{registration_id}/review", response_model=BirthRegistrationRead, responses=ERRORS)
+@router.post("/{registration_id:int}/review", response_model=BirthRegistrationRead, responses=ERRORS)
 def decide(
-    registration_id: int, data: BirthReview, session: SessionDep, staff: Supervisor
+    registration_id: DbId, data: BirthReview, session: SessionDep, staff: Supervisor
 ) -> BirthRegistrationRead:
     """A supervisor confirms a registration in review, or keeps it in review with a note."""
     registration = service.review(session, registration_id, data)

@@ -7,6 +7,7 @@ from datetime import date, datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.models import BirthRegistrationStatus, Sex
+from service.schemas import DbId
 from service.subjects import PersonName
 from service.verification.schemas import Text
 
@@ -22,7 +23,7 @@ class ChildCreate(BaseModel):
 class BirthRegistrationCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    person_id: int = Field(gt=0, description="the mother, in this node's register")
+    person_id: DbId = Field(description="the mother, in this node's register")
     child: ChildCreate
     commitment_signed_on: date = Field(description="date of the signed commitment (承诺书)")
 

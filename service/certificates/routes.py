@@ -23,6 +23,7 @@ from service.db import SessionDep
 from service.errors import staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.models import CertificateCheck
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 from service.staff.service import audit
 
@@ -58,21 +59,21 @@ def lookup(
 def list_checks(
     session: SessionDep,
     _staff: Reader,
-    person_id: Annotated[int | None, Query(ge=1)] = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    person_id: DbId | None = None,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> CheckPage:
     """Checks made here, newest first; ``?person_id=`` for one person of the register."""
     return lookups.list_checks(session, person_id=person_id, page=page, page_size=page_size)
 
 
 @router.post(
-    "/checks/{check_id}/discrepancy-request",
+    "/checks/{check_id:int}/discrepancy-request",
     status_code=201,
     response_model=CheckSummary,
     responses=_errors(404, 409, 422),
 )
-def discrepancy_request(check_id: int, session: SessionDep, signer: SignerDep, staff: Actor) -> CheckSummary:
+def discrepancy_request(check_id: DbId, session: SessionDep, signer: SignerDep, staff: Actor) -> CheckSummary:
     """Send the origin the certificate_discrepancy 协查 this check suggested (7-day deadline)."""
     lookups.send_discrepancy(session, signer, check_id, staff.username)
     session.commit()
@@ -90,7 +91,7 @@ def check_rate(year: Year, session: SessionDep, _staff: Reader) -> CheckRate:
 
 @router.get("/check-status", response_model=PersonCheckStatus, responses=_errors(404, 422))
 def check_status(
-    person_id: Annotated[int, Query(ge=1)], year: Year, session: SessionDep, staff: Reader
+    person_id: DbId, year: Year, session: SessionDep, staff: Reader
 ) -> PersonCheckStatus:
     """Whether one person counts as checked for a year, and why."""
     status = rates.person_check_status(session, person_id, year)
@@ -98,17 +99,17 @@ def check_status(
     return status
 
 
-@router.get("/{certificate_id}", response_model=CertificateRead, responses=_errors(404))
-def read(certificate_id: int, session: SessionDep, staff: Reader) -> CertificateRead:
+@router.get("/{certificate_id:int}", response_model=CertificateRead, responses=_errors(404))
+def read(certificate_id: DbId, session: SessionDep, staff: Reader) -> CertificateRead:
     """The certificate as it reads now, with every version (who changed what, when, why)."""
     certificate = service.read(session, certificate_id)
     audit(staff, "certificate.read", f"certificate:{certificate_id}")
     return certificate
 
 
-@router.patch("/{certificate_id}", response_model=CertificateRead, responses=_errors(404, 409, 422))
+@router.patch("/{certificate_id:int}", response_model=CertificateRead, responses=_errors(404, 409, 422))
 def correct(
-    certificate_id: int, data: CertificateCorrect, session: SessionDep, staff: Actor
+    certificate_id: DbId, data: CertificateCorrect, session: SessionDep, staff: Actor
 ) -> CertificateRead:
     """Correct what the certificate shows; each correction is a new version with its reason."""
     service.correct(session, certificate_id, data, staff.username)
@@ -117,9 +118,9 @@ def correct(
     return service.read(session, certificate_id)
 
 
-@router.post("/{certificate_id}/cancel", response_model=CertificateRead, responses=_errors(404, 409, 422))
+@router.post("/{certificate_id:int}/cancel", response_model=CertificateRead, responses=_errors(404, 409, 422))
 def cancel(
-    certificate_id: int, data: CertificateCancel, session: SessionDep, staff: Actor
+    certificate_id: DbId, data: CertificateCancel, session: SessionDep, staff: Actor
 ) -> CertificateRead:
     """Cancel (注销) a certificate; it stays on record with its versions."""
     service.cancel(session, certificate_id, data.reason, staff.username)

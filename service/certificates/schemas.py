@@ -19,10 +19,14 @@ from pydantic import (
 )
 
 from service.models import CertificateStatus, ContraceptionMethod, LookupPurpose, MaritalStatus, Sex
-from service.subjects import IdNumber, PersonName, plain_text
+from service.schemas import DbId
+from service.subjects import PLAIN_TEXT, IdNumber, PersonName, plain_text
 
 Reason = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(plain_text)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(plain_text),
+    PLAIN_TEXT,
 ]
 
 
@@ -111,7 +115,7 @@ class LookupAnswer(BaseModel):
 class CertificateIssue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    person_id: int = Field(ge=1)
+    person_id: DbId
 
 
 class ChildCorrection(ChildEntry):

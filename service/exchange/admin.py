@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from service.db import SessionDep
+from service.errors import staff_errors
 from service.exchange import outbox
 from service.models import OutboxStatus
+from service.schemas import PageNumber, PageSize
 from service.staff.dependencies import Admin
 from service.staff.service import audit
 
@@ -38,19 +40,19 @@ class Requeued(BaseModel):
     requeued: int
 
 
-@router.get("", response_model=OutboxPage)
+@router.get("", response_model=OutboxPage, responses=staff_errors(422))
 def list_outbox(
     session: SessionDep,
     _staff: Admin,
     status: OutboxStatus | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> OutboxPage:
     rows, total = outbox.list_messages(session, status=status, page=page, page_size=page_size)
     return OutboxPage(items=[OutboxRead.model_validate(r, from_attributes=True) for r in rows], total=total)
 
 
-@router.post("/dead/requeue", response_model=Requeued)
+@router.post("/dead/requeue", response_model=Requeued, responses=staff_errors())
 def requeue_all(session: SessionDep, staff: Admin) -> Requeued:
     """Re-run every dead message with a fresh retry budget."""
     count = outbox.requeue_dead(session)
@@ -59,9 +61,10 @@ def requeue_all(session: SessionDep, staff: Admin) -> Requeued:
     return Requeued(requeued=count)
 
 
-@router.post("/{message_id}/requeue", response_model=Requeued)
-def requeue_one(message_id: str, session: SessionDep, staff: Admin) -> Requeued:
-    count = outbox.requeue_dead(session, message_id)
+@router.post("/{message_id}/requeue", response_model=Requeued, responses=staff_errors(404, 409, 422))
+def requeue_one(message_id: UUID, session: SessionDep, staff: Admin) -> Requeued:
+    """Re-run one dead message (409 if it is not dead)."""
+    count = outbox.requeue_dead(session, str(message_id))
     session.commit()
     audit(staff, "outbox.requeue", f"message:{message_id}")
     return Requeued(requeued=count)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.clock import utcnow
@@ -16,12 +17,23 @@ from service.scheduler import stale_after_seconds
 router = APIRouter(tags=["health"])
 
 
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(
+        description="database, signing_key, relay, scheduler: ok or what is wrong (error: …, stalled)"
+    )
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "not ready: ``checks`` says which part is not"}},
+)
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}

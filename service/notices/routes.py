@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.clock import utcnow
 from service.db import SessionDep
@@ -12,6 +10,7 @@ from service.errors import problem_responses
 from service.models import Role
 from service.notices import service
 from service.notices.schemas import NoticePage, NoticeRead
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 
 router = APIRouter(prefix="/api/v1/notices", tags=["notices 待办提醒"])
@@ -29,8 +28,8 @@ def list_notices(
     staff: Reader,
     role: Role | None = None,
     unread: bool | None = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> NoticePage:
     """Reminders, overdue items and (supervisors) escalations, newest first; ``?unread=true``: the inbox."""
     items, total = service.list_notices(
@@ -40,11 +39,11 @@ def list_notices(
 
 
 @router.post(
-    "/{notice_id}/read",
+    "/{notice_id:int}/read",
     response_model=NoticeRead,
     responses=problem_responses({401: "not_authenticated", 403: "forbidden (role)", 404: "not_found"}),
 )
-def mark_read(notice_id: int, session: SessionDep, staff: Actor) -> NoticeRead:
+def mark_read(notice_id: DbId, session: SessionDep, staff: Actor) -> NoticeRead:
     """Mark a notice read for its role (the first reader and time are kept)."""
     notice = service.mark_read(session, staff, notice_id, utcnow())
     session.commit()

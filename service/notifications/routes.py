@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.db import SessionDep
 from service.errors import staff_errors
@@ -12,6 +10,7 @@ from service.exchange.security import SignerDep
 from service.models import Direction, NotificationKind, NotificationStatus
 from service.notifications import service
 from service.notifications.schemas import NotificationCreate, NotificationRead, Page
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 from service.staff.service import audit
 from service.subjects import NodeId
@@ -43,8 +42,8 @@ def list_notifications(
     kind: NotificationKind | None = None,
     overdue: bool | None = None,
     peer: NodeId | None = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> Page:
     """Soonest ack deadline first; ``?direction=incoming&status=received`` is the 待办 queue."""
     items, total = service.list_notifications(
@@ -60,17 +59,17 @@ def list_notifications(
     return Page(items=items, total=total, page=page, page_size=page_size)
 
 
-@router.get("/{notification_id}", response_model=NotificationRead, responses=_errors(404))
-def read(notification_id: int, session: SessionDep, staff: Reader) -> NotificationRead:
+@router.get("/{notification_id:int}", response_model=NotificationRead, responses=_errors(404))
+def read(notification_id: DbId, session: SessionDep, staff: Reader) -> NotificationRead:
     """One notification with its details, message history and receipts."""
     notification = service.get_notification(session, notification_id)
     audit(staff, "notification.read", f"notification:{notification_id}")
     return notification
 
 
-@router.post("/{notification_id}/ack", response_model=NotificationRead, responses=_errors(404, 409))
+@router.post("/{notification_id:int}/ack", response_model=NotificationRead, responses=_errors(404, 409))
 def acknowledge(
-    notification_id: int, session: SessionDep, signer: SignerDep, staff: Actor
+    notification_id: DbId, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> NotificationRead:
     """接收确认: acknowledge an incoming notification (the ack is sent to its sender)."""
     service.acknowledge(session, signer, notification_id)

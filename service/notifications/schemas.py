@@ -21,8 +21,9 @@ from service.clock import utcnow
 from service.exchange.envelope import PeerDatetime
 from service.exchange.history import MessageRead
 from service.models import ContraceptionMethod, Direction, NotificationKind, NotificationStatus, Sex
+from service.schemas import DbId
 from service.sla.deadlines import SHANGHAI
-from service.subjects import NodeId, Subject, plain_text
+from service.subjects import PLAIN_TEXT, NodeId, Subject, plain_text
 from service.verification.schemas import SubjectRead
 
 # The sender's clock may run up to the protocol's 300 s ahead of ours: its "today" may be our tomorrow.
@@ -44,6 +45,7 @@ def _short_text(max_length: int) -> Any:
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
         AfterValidator(plain_text),
+        PLAIN_TEXT,
     ]
 
 
@@ -234,7 +236,7 @@ class AckPayload(BaseModel):  # 接收确认
 
 class NotificationCreate(NotificationPayload):
     recipient: NodeId = Field(description="the county to notify (usually the person's origin)")
-    person_id: int | None = Field(default=None, ge=1, description="the register record it is about")
+    person_id: DbId | None = Field(default=None, description="the register record it is about")
 
 
 class NotificationSummary(BaseModel):

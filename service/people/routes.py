@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, UploadFile
+from fastapi import APIRouter, UploadFile
 
 from service.db import SessionDep
 from service.errors import PayloadTooLarge, staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.people import importer, service
 from service.people.schemas import ImportReport, MergeRequest, Page, PersonCreate, PersonRead, PersonUpdate
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader, Supervisor
 from service.staff.service import audit
 from service.subjects import IdNumber, NodeId, PersonName
@@ -49,8 +50,8 @@ def search(
     arrived_from: date | None = None,
     arrived_to: date | None = None,
     include_merged: bool = False,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> Page:
     """Records matching every filter given (ID number exact), the ID number masked; merged ones left out."""
     items, total = service.search(
@@ -102,16 +103,16 @@ def import_file(
     return report
 
 
-@router.get("/{person_id}", response_model=PersonRead, responses=_errors(404))
-def read(person_id: int, session: SessionDep, staff: Reader) -> PersonRead:
+@router.get("/{person_id:int}", response_model=PersonRead, responses=_errors(404))
+def read(person_id: DbId, session: SessionDep, staff: Reader) -> PersonRead:
     """One record with its children and look-alikes."""
     person = service.get_person(session, person_id)
     audit(staff, "people.read", f"person:{person_id}")
     return person
 
 
-@router.patch("/{person_id}", response_model=PersonRead, responses=_errors(404, 409, 422))
-def update(person_id: int, data: PersonUpdate, session: SessionDep, staff: Actor) -> PersonRead:
+@router.patch("/{person_id:int}", response_model=PersonRead, responses=_errors(404, 409, 422))
+def update(person_id: DbId, data: PersonUpdate, session: SessionDep, staff: Actor) -> PersonRead:
     """Change the fields given; the whole record is checked again."""
     service.update_person(session, person_id, data, staff.username)
     session.commit()
@@ -119,8 +120,8 @@ def update(person_id: int, data: PersonUpdate, session: SessionDep, staff: Actor
     return service.get_person(session, person_id)
 
 
-@router.post("/{person_id}/merge", response_model=PersonRead, responses=_errors(404, 409, 422))
-def merge(person_id: int, data: MergeRequest, session: SessionDep, staff: Supervisor) -> PersonRead:
+@router.post("/{person_id:int}/merge", response_model=PersonRead, responses=_errors(404, 409, 422))
+def merge(person_id: DbId, data: MergeRequest, session: SessionDep, staff: Supervisor) -> PersonRead:
     """清理重复人口信息: keep this record, fold ``duplicate_id`` into it (supervisor or admin)."""
     service.merge(session, person_id, data.duplicate_id, staff.username)
     session.commit()

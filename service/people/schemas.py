@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from service import idnumbers
 from service.clock import utcnow
 from service.errors import ProblemField
 from service.models import ContraceptionMethod, MaritalStatus, Sex
+from service.schemas import DbId
 from service.subjects import IdNumber, NodeId, PersonName
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -66,23 +69,40 @@ class PersonCreate(PersonFields):
     id_number: IdNumber = Field(examples=["411627199503080024"])
 
 
+# A record always has these: a PATCH may change them, never clear them (null is a 422).
+NOT_NULL = ("name", "sex", "birth_date", "host_node", "children")
+
+
+def _not_null_schema(schema: dict[str, Any]) -> None:
+    """The fields of NOT_NULL take no null, so their (unsent) default of null is not published."""
+    for name in NOT_NULL:
+        schema["properties"][name].pop("default", None)
+
+
 class PersonUpdate(BaseModel):
     """Only the fields given change; ``null`` clears an optional one; ``children`` replaces the list."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_not_null_schema)
 
-    name: PersonName | None = None
-    sex: Sex | None = None
-    birth_date: date | None = None
-    origin_node: NodeId | None = None
-    host_node: NodeId | None = None
+    name: PersonName | SkipJsonSchema[None] = None
+    sex: Sex | SkipJsonSchema[None] = None
+    birth_date: date | SkipJsonSchema[None] = None
+    origin_node: NodeId | None = Field(default=None, description="null: the ID number's first 6 digits")
+    host_node: NodeId | SkipJsonSchema[None] = None
     arrived_on: date | None = None
     departed_on: date | None = None
     marital_status: MaritalStatus | None = None
     marriage_date: date | None = None
     contraception_method: ContraceptionMethod | None = None
     contraception_since: date | None = None
-    children: list[ChildIn] | None = Field(default=None, max_length=20)
+    children: Annotated[list[ChildIn], Field(max_length=20)] | SkipJsonSchema[None] = None
+
+    @field_validator(*NOT_NULL, mode="before")
+    @classmethod
+    def _not_cleared(cls, value: Any) -> Any:
+        if value is None:  # only a null that was sent: an omitted field keeps its default unvalidated
+            raise ValueError("may be changed but not cleared")
+        return value
 
 
 class PersonSummary(BaseModel):
@@ -132,7 +152,7 @@ class Page(BaseModel):
 class MergeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    duplicate_id: int = Field(ge=1, description="the record to fold into this one (kept, marked merged)")
+    duplicate_id: DbId = Field(description="the record to fold into this one (kept, marked merged)")
 
 
 class BadRow(BaseModel):

@@ -10,13 +10,20 @@ from fastapi.responses import Response
 from service.db import SessionDep
 from service.errors import problem_responses
 from service.sla import report as reports
-from service.sla.schemas import MonthlyReport
+from service.sla.schemas import MONTH_PATTERN, MonthlyReport
 from service.staff.dependencies import Reader, Supervisor
 from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/reports", tags=["月报 reports"])
 
-Month = Annotated[str, Path(description="YYYY-MM, a complete month in Asia/Shanghai", examples=["2026-10"])]
+Month = Annotated[
+    str,
+    Path(
+        description="YYYY-MM, a complete month in Asia/Shanghai: 2000-01 … 2100-12, before the current one",
+        examples=["2026-10"],
+        pattern=MONTH_PATTERN,
+    ),
+]
 ERRORS: dict[int | str, dict[str, Any]] = problem_responses(
     {401: "not_authenticated", 403: "forbidden (role)", 422: "validation_failed (month)"}
 )

@@ -17,6 +17,8 @@ Metric = Literal[
     "accuracy_rate",
 ]
 Dimension = Literal["all", "peer", "topic", "priority", "kind", "year"]
+# A report month, 2000-01 … 2100-12 (rates.parse_month); the current or a future month is refused too.
+MONTH_PATTERN = r"^(20[0-9]{2}|2100)-(0[1-9]|1[0-2])$"
 
 METRIC_NAMES: dict[str, str] = {
     "feedback_rate": "协查信息反馈率",
@@ -69,7 +71,7 @@ class RateRow(BaseModel):
 class MonthlyReport(BaseModel):
     """月报: the month's rates, stored when first generated so it reads the same every time."""
 
-    month: str = Field(pattern=r"^\d{4}-\d{2}$", examples=["2026-10"])
+    month: str = Field(pattern=MONTH_PATTERN, examples=["2026-10"])
     node_id: str
     generated_at: datetime
     period_start: datetime = Field(description="00:00 on the 1st, Asia/Shanghai, as UTC")

@@ -15,10 +15,12 @@ from sqlmodel import Session, select
 
 from service.errors import NotAuthenticated, ValidationFailed
 from service.models import Role, Staff
+from service.schemas import DB_ID_MAX
 
 _hasher = PasswordHasher()
 _audit = logging.getLogger("yipanqi.audit")
-_TOKEN = re.compile(r"^yp_([0-9]+)_([A-Za-z0-9_-]{20,100})$")
+# The account id is a database id (1 … 2^31-1): at most 10 digits, checked against DB_ID_MAX below.
+_TOKEN = re.compile(r"^yp_([1-9][0-9]{0,9})_([A-Za-z0-9_-]{20,100})$")
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,64}$")
 # argon2 is slow on purpose; remember a verified token briefly so each request does not pay for it.
 _CACHE_SECONDS = 60.0
@@ -41,7 +43,7 @@ def create_staff(session: Session, *, username: str, role: Role) -> tuple[Staff,
 
 def authenticate(session: Session, token: str) -> Staff:
     match = _TOKEN.fullmatch(token)
-    if match is None:
+    if match is None or int(match.group(1)) > DB_ID_MAX:
         raise NotAuthenticated("malformed bearer token")
     staff = session.get(Staff, int(match.group(1)))
     if staff is None or not staff.active:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.db import SessionDep
 from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import CaseStatus, Direction
+from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 from service.staff.service import audit
 from service.subjects import NodeId
@@ -40,8 +39,8 @@ def list_cases(
     status: CaseStatus | None = None,
     overdue: bool | None = None,
     peer: NodeId | None = None,
-    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
-    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: PageNumber = 1,
+    page_size: PageSize = 50,
 ) -> Page:
     """Cases, soonest deadline first; e.g. ``?direction=incoming&status=received`` is the 待办 queue."""
     items, total = service.list_cases(
@@ -56,17 +55,17 @@ def list_cases(
     return Page(items=items, total=total, page=page, page_size=page_size)
 
 
-@router.get("/{case_id}", response_model=CaseRead, responses=_errors(404))
-def read(case_id: int, session: SessionDep, staff: Reader) -> CaseRead:
+@router.get("/{case_id:int}", response_model=CaseRead, responses=_errors(404))
+def read(case_id: DbId, session: SessionDep, staff: Reader) -> CaseRead:
     """One case with its full message history and receipts."""
     case = service.get_case(session, case_id)
     audit(staff, "verification.read", f"case:{case_id}")
     return case
 
 
-@router.post("/{case_id}/ack", response_model=CaseRead, responses=_errors(404, 409))
+@router.post("/{case_id:int}/ack", response_model=CaseRead, responses=_errors(404, 409))
 def acknowledge(
-    case_id: int, data: AckCreate, session: SessionDep, signer: SignerDep, staff: Actor
+    case_id: DbId, data: AckCreate, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> CaseRead:
     """签收 an incoming request, optionally promising an answer date."""
     service.acknowledge(session, signer, case_id, data)
@@ -75,8 +74,8 @@ def acknowledge(
     return service.get_case(session, case_id)
 
 
-@router.post("/{case_id}/reply", response_model=CaseRead, responses=_errors(404, 409))
-def reply(case_id: int, data: ReplyCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
+@router.post("/{case_id:int}/reply", response_model=CaseRead, responses=_errors(404, 409))
+def reply(case_id: DbId, data: ReplyCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
     """反馈: answer an incoming request (once; an answered case is closed)."""
     service.reply(session, signer, case_id, data)
     session.commit()

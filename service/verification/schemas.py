@@ -10,13 +10,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from service.exchange.envelope import PeerDatetime
 from service.exchange.history import MessageRead
 from service.models import CaseStatus, Direction, Outcome, Priority, Topic
-from service.subjects import NodeId, Subject, plain_text
+from service.subjects import PLAIN_TEXT, NodeId, Subject, plain_text
 
 Text = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), AfterValidator(plain_text)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=2000),
+    AfterValidator(plain_text),
+    PLAIN_TEXT,
 ]
 Reference = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), AfterValidator(plain_text)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(plain_text),
+    PLAIN_TEXT,
 ]
 
 
