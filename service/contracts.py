@@ -1,6 +1,6 @@
 """The published contracts, generated from the code: ``openapi/openapi.json`` and ``schemas/*.json``.
 
-Other counties' systems may not be written in Python (PROTOCOL.md): these files are what they
+Other counties' systems may not be written in Python (docs/protocol.md): these files are what they
 build against, so they are committed, and ``yipanqi contracts --check`` (and a test) fails when
 the code and the committed files disagree. The output is deterministic — sorted keys, indent 2,
 UTF-8 as is, a trailing newline — so a change to the contract shows up as a readable diff.

@@ -27,7 +27,7 @@ class Problem(BaseModel):
     title: str
     status: int = Field(ge=400, le=599)
     detail: str
-    code: str = Field(description="machine-readable reason (PROTOCOL.md)")
+    code: str = Field(description="machine-readable reason (docs/protocol.md)")
     errors: list[ProblemField] | None = Field(
         default=None, description="what did not validate (invalid_message, validation_failed)"
     )
@@ -90,7 +90,7 @@ def _error(name: str, status: int, code: str, title: str) -> type[DomainError]:
     return type(name, (DomainError,), {"status_code": status, "code": code, "title": title})
 
 
-# Peer protocol errors (PROTOCOL.md codes).
+# Peer protocol errors (docs/protocol.md codes).
 SignatureMissing = _error("SignatureMissing", 401, "signature_missing", "Signature headers missing")
 SignatureInvalid = _error("SignatureInvalid", 401, "signature_invalid", "Signature invalid")
 UnknownKey = _error("UnknownKey", 401, "unknown_key", "Unknown or expired key")

@@ -89,7 +89,7 @@ PEER_PREFIX = "/peer/v1/"
 
 
 def _answer(request: Request, response: Response) -> Response:
-    """Every answer under /peer/v1 is signed (PROTOCOL.md), unknown paths and methods included."""
+    """Every answer under /peer/v1 is signed (docs/protocol.md), unknown paths and methods included."""
     signer = getattr(request.app.state, "signer", None)  # None only before the lifespan has run
     if request.url.path.startswith(PEER_PREFIX) and signer is not None:
         return signed(response, signer)

@@ -1,4 +1,4 @@
-"""The person a peer message is about (``subject`` in PROTOCOL.md), validated."""
+"""The person a peer message is about (``subject`` in docs/protocol.md), validated."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """婚育证明查验率: the share of this host's migrant women 18–49 whose certificate was checked.
 
-DOMAIN.md: "首次查验后，每年查询2次以上视为婚育证明查验". Read here as:
+docs/domain.md: "首次查验后，每年查询2次以上视为婚育证明查验". Read here as:
 
 - a **look-up** is a ``CertificateCheck`` of the person's ID number (found or not — the host asked)
   whose date in China (Asia/Shanghai) is on or after her ``arrived_on`` (any date if unknown); a

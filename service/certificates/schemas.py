@@ -1,4 +1,4 @@
-"""婚育证明: the certificate as PROTOCOL.md shows it, the lookup message, and the staff API's models."""
+"""婚育证明: the certificate as docs/protocol.md shows it, the lookup message, and the staff API's models."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ Reason = Annotated[
 ]
 
 
-# --- the certificate (PROTOCOL.md "Answers") ------------------------------------------------
+# --- the certificate (docs/protocol.md "Answers") ------------------------------------------------
 
 
 class Holder(BaseModel):

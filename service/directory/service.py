@@ -1,4 +1,4 @@
-"""The local directory: which peers and keys this node trusts (PROTOCOL.md "Nodes and keys")."""
+"""The local directory: which peers and keys this node trusts (docs/protocol.md "Nodes and keys")."""
 
 from __future__ import annotations
 

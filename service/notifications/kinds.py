@@ -1,4 +1,4 @@
-"""The kinds of 通报 (PROTOCOL.md ``kind``), in a module of its own.
+"""The kinds of 通报 (docs/protocol.md ``kind``), in a module of its own.
 
 Here rather than in ``service.models`` because the settings (``notification_auto_ack_kinds``) name
 them, and the models import the database layer, which imports the settings.

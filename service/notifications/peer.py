@@ -1,4 +1,4 @@
-"""The 通报 rows of PROTOCOL.md's endpoint table, wired to this domain's handlers."""
+"""The 通报 rows of docs/protocol.md's endpoint table, wired to this domain's handlers."""
 
 from __future__ import annotations
 

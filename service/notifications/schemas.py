@@ -1,4 +1,4 @@
-"""通报 message payloads (PROTOCOL.md), each ``kind`` with its own ``details``, and the staff API's models."""
+"""通报 payloads (docs/protocol.md), each ``kind`` with its own ``details``, and the staff API's models."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ PATH = "/notifications"
 
 
 def deadline_rule(settings: Settings, kind: NotificationKind) -> DeadlineRule:
-    """How long the receiver has to acknowledge (PROTOCOL.md "Delivery": birth, any other)."""
+    """How long the receiver has to acknowledge (docs/protocol.md "Delivery": birth, any other)."""
     if kind == NotificationKind.birth:
         return settings.deadline_notification_birth
     return settings.deadline_notification_other

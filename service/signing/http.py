@@ -1,4 +1,4 @@
-"""RFC 9421 signatures and RFC 9530 digests exactly as PROTOCOL.md says, on http-message-signatures.
+"""RFC 9421 signatures and RFC 9530 digests exactly as docs/protocol.md says, on http-message-signatures.
 
 Requests cover ``"@method" "@path" "content-type" "content-digest"`` with parameters in the
 protocol's order (created, expires, nonce, keyid, alg, tag); responses cover
@@ -43,7 +43,7 @@ REQUEST_COMPONENTS = ("@method", "@path", "content-type", "content-digest")
 RESPONSE_COMPONENTS = ("@status", "content-type", "content-digest")
 REQUEST_PARAM_ORDER = ("created", "expires", "nonce", "keyid", "alg", "tag")
 MAX_NONCE_BYTES = 96  # 128 base64url characters
-# The host part is not covered (PROTOCOL.md); the library needs an absolute URL to read @path from.
+# The host part is not covered (docs/protocol.md); the library needs an absolute URL to read @path from.
 _PLACEHOLDER_ORIGIN = "http://peer.invalid"
 
 
@@ -116,7 +116,7 @@ class _ClockedVerifier(HTTPMessageVerifier):
 
 
 def _reorder(prepared: PreparedSignature, order: tuple[str, ...]) -> PreparedSignature:
-    """The library writes parameters in its own order; PROTOCOL.md fixes another one."""
+    """The library writes parameters in its own order; docs/protocol.md fixes another one."""
     parsed: Any = http_sf.parse(f"{LABEL}={prepared.signature_params}".encode(), tltype="dictionary")
     components, params = parsed[LABEL]
     ordered = {name: params[name] for name in order if name in params}
@@ -214,7 +214,7 @@ def _check_params(params: Mapping[str, Any], expect_expires: bool) -> None:
             nonce_bytes = b64url_decode(nonce) if isinstance(nonce, str) else b""
         except ValueError:
             nonce_bytes = b""
-        # The upper bound is what seen_nonce.nonce holds (128 characters); PROTOCOL.md sets none.
+        # The upper bound is what seen_nonce.nonce holds (128 characters); docs/protocol.md sets none.
         if not 16 <= len(nonce_bytes) <= MAX_NONCE_BYTES:
             raise SignatureInvalid(f"nonce must be 16 to {MAX_NONCE_BYTES} random bytes, base64url")
 
@@ -259,7 +259,7 @@ def verify_request(
     skew_seconds: int = 300,
     lifetime_seconds: int = 300,
 ) -> VerifiedSignature:
-    """Apply acceptance rules 1–6 of PROTOCOL.md in order; raise the rule's error on the first failure.
+    """Apply acceptance rules 1–6 of docs/protocol.md in order; raise the rule's error on the first failure.
 
     ``resolve_key`` returns the public key if the keyid is in the directory and valid now.
     Replay (rule 7) and the body (rule 8) are the caller's, since they need the database.

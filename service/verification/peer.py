@@ -1,4 +1,4 @@
-"""The 协查 rows of PROTOCOL.md's endpoint table, wired to this domain's handlers."""
+"""The 协查 rows of docs/protocol.md's endpoint table, wired to this domain's handlers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""协查 message payloads (PROTOCOL.md) and the staff API's models."""
+"""协查 message payloads (docs/protocol.md) and the staff API's models."""
 
 from __future__ import annotations
 

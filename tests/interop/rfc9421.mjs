@@ -29,7 +29,7 @@ const sf = require('structured-headers');
 const LABEL = 'yp';
 const TAG = 'yipanqi/1';
 const ALG = 'ed25519';
-const MAX_SKEW = 300; // seconds: PROTOCOL.md, "created within 300 s of the receiver's clock"
+const MAX_SKEW = 300; // seconds: docs/protocol.md, "created within 300 s of the receiver's clock"
 
 const REQUEST_FIELDS = ['@method', '@path', 'content-type', 'content-digest'];
 const REQUEST_PARAMS = ['created', 'expires', 'nonce', 'keyid', 'alg', 'tag'];
