@@ -131,6 +131,14 @@ def postgres() -> Iterator[PostgresServer]:
     server.drop_all()
 
 
+def backend_urls(request: pytest.FixtureRequest, count: int = 1) -> list[str] | None:
+    """Database URLs for a fixture with params "sqlite"/"postgres": None (SQLite) or new databases."""
+    if request.param != "postgres":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return [server.new_database() for _ in range(count)]
+
+
 NetworkFactory = Callable[..., list[LocalNode]]
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.localnet import LocalNode, build_network
-from tests.conftest import FAST, PostgresServer, free_ports
+from tests.conftest import FAST, backend_urls, free_ports
 from tests.people.factories import HERE, person
 
 PROBLEM = "application/problem+json"
@@ -66,12 +66,8 @@ def fields(problem: dict[str, Any]) -> set[str]:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNode]:
     """One node for the module, on SQLite or PostgreSQL; its admin may call every staff operation."""
-    urls = None
-    if request.param == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        urls = [server.new_database()]
     root = tmp_path_factory.mktemp(f"bad-input-{request.param}")
-    (jinshui,) = build_network(root, [(HERE, "金水区")], free_ports(1), FAST, urls)
+    (jinshui,) = build_network(root, [(HERE, "金水区")], free_ports(1), FAST, backend_urls(request))
     jinshui.start()
     yield jinshui
     jinshui.stop()

@@ -34,7 +34,7 @@ from service.models import PeerKey
 from service.signing.http import REQUEST_COMPONENTS, content_digest, new_nonce, sign_request, verify_response
 from service.signing.keys import public_key_from_text, public_key_text
 from service.sla.deadlines import SHANGHAI
-from tests.conftest import FAST, PG_ENV, PostgresServer, free_port
+from tests.conftest import FAST, PG_ENV, backend_urls, free_port
 
 HOST = "411627"  # the node under test (太康县)
 NOWHERE = "http://127.0.0.1:9"  # the fake peers' URL: nothing listens there
@@ -328,14 +328,10 @@ BACKENDS = [
 @pytest.fixture(scope="module", params=BACKENDS)
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     """One node for the whole module, on SQLite, and on PostgreSQL when YIPANQI_TEST_DATABASE_URL is set."""
-    database_urls = None
-    if request.param == "postgres":
-        server: PostgresServer = request.getfixturevalue("postgres")
-        database_urls = [server.new_database()]
     root = tmp_path_factory.mktemp(f"peer-rejections-{request.param}")
     # The relay is off: this node only receives here (its outgoing requests stay queued).
     env = {**FAST, "YIPANQI_RELAY_ENABLED": "false"}
-    (node,) = build_network(root, [(HOST, "太康县")], free_port(), env, database_urls)
+    (node,) = build_network(root, [(HOST, "太康县")], free_port(), env, backend_urls(request))
     for peer in (ASKER, STRANGER):
         node.cli(*peer.peers_add_args())
     _set_key_validity(node)
