@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
+from service.clock import offset_from_env
 from service.config import get_settings, unknown_variables
 from service.db import get_engine, new_session
 from service.directory import service as directory
@@ -50,6 +51,11 @@ def _settings_first() -> None:
         console.print(f"[red]unknown setting[/red] {problem}", soft_wrap=True)
     if unknown:
         raise typer.Exit(2)
+    try:
+        offset_from_env()
+    except ValueError as exc:
+        console.print(f"[red]invalid setting:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     try:
         get_settings()
     except ValidationError as exc:

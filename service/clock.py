@@ -32,15 +32,22 @@ def offset_from_env(environ: Mapping[str, str] = os.environ) -> timedelta:
 class Clock:
     """UTC wall clock with an optional offset (for tests that move time)."""
 
-    def __init__(self, offset: timedelta = timedelta(0)) -> None:
+    def __init__(self, offset: timedelta | None = timedelta(0)) -> None:
+        """``offset=None``: the one the environment asks for, read when the clock is first used
+        (so a bad value is refused as a setting, with its name, not as an import error)."""
         self._start_offset = offset
         self._offset = offset
         self._frozen: datetime | None = None
 
+    def _current_offset(self) -> timedelta:
+        if self._offset is None:
+            self._start_offset = self._offset = offset_from_env()
+        return self._offset
+
     def now(self) -> datetime:
         if self._frozen is not None:
             return self._frozen
-        return datetime.now(UTC) + self._offset
+        return datetime.now(UTC) + self._current_offset()
 
     def freeze(self, at: datetime) -> None:
         self._frozen = at.astimezone(UTC)
@@ -49,11 +56,11 @@ class Clock:
         if self._frozen is not None:
             self._frozen += delta
         else:
-            self._offset += delta
+            self._offset = self._current_offset() + delta
 
     @property
     def offset(self) -> timedelta:
-        return self._offset
+        return self._current_offset()
 
     def rebase(self, offset: timedelta) -> None:
         """Make ``offset`` the one this clock starts from and returns to (a test session's pinned now)."""
@@ -66,7 +73,7 @@ class Clock:
         self._frozen = None
 
 
-clock = Clock(offset_from_env())
+clock = Clock(None)
 
 
 def utcnow() -> datetime:

@@ -203,3 +203,8 @@ def test_report_is_readable_at_80_columns_in_beijing_time(node_dir: Path) -> Non
     assert "北京时间" in result.stdout
     assert "UTC+08:00" in result.stdout
     assert "+00:00" not in result.stdout
+
+
+def test_a_bad_clock_offset_is_one_line_naming_it(node_dir: Path) -> None:
+    result = run(node_dir, "serve", "--port", "1", YIPANQI_CLOCK_OFFSET_SECONDS="next week")
+    assert_one_clear_line(result, "invalid setting", "YIPANQI_CLOCK_OFFSET_SECONDS must be a number")
