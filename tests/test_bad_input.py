@@ -140,7 +140,7 @@ def test_ids_in_queries_and_bodies_past_the_range_are_refused(node: LocalNode) -
 
 
 @pytest.mark.parametrize(
-    ("seq", "field"), enumerate(["name", "sex", "birth_date", "host_node", "children"], 10)
+    ("seq", "field"), list(enumerate(["name", "sex", "birth_date", "host_node", "children"], 10))
 )
 def test_patch_cannot_clear_what_every_record_has(node: LocalNode, seq: int, field: str) -> None:
     created = admin(node, "POST", "/api/v1/people", json=person(seq=seq))
