@@ -36,15 +36,23 @@ class Settings(BaseSettings):
     max_signature_lifetime_seconds: int = Field(default=300, gt=0)
     peer_timeout_seconds: float = Field(default=10.0, gt=0)
 
-    # Outbox relay.
+    # Outbox relay (service/exchange/relay.py).
     relay_enabled: bool = True
     relay_interval_seconds: float = Field(default=1.0, gt=0)
     relay_batch_size: int = Field(default=20, gt=0)
-    relay_concurrency: int = Field(default=4, gt=0, le=64)
-    relay_lease_seconds: int = Field(default=60, gt=0)
+    relay_concurrency: int = Field(default=8, gt=0, le=64)
+    relay_peer_concurrency: int = Field(default=4, gt=0, le=64)  # per peer, in each replica
+    # The whole of one delivery: connect, send, read all of the answer (peer_timeout_seconds is per step).
+    relay_delivery_deadline_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Renewed every quarter of it while the delivery runs: a crashed replica's messages are free after it.
+    relay_lease_seconds: float = Field(default=10.0, ge=1, le=3600)
     relay_max_attempts: int = Field(default=30, gt=0)
     relay_backoff_base_seconds: float = Field(default=2.0, gt=0)
     relay_backoff_cap_seconds: float = Field(default=3600.0, gt=0)
+    # Circuit breaker per peer: opened by this many failed deliveries in a row, probed after a wait
+    # growing from the backoff base up to relay_circuit_max_open_seconds.
+    relay_circuit_failures: int = Field(default=3, gt=0, le=1000)
+    relay_circuit_max_open_seconds: float = Field(default=60.0, gt=0)
 
     # Register import (流动人口个案): largest upload the staff API takes, rows per transaction.
     people_import_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

@@ -1,9 +1,15 @@
-"""Signed calls to a peer: the relay's deliveries and synchronous queries (certificate lookups)."""
+"""Signed calls to a peer: the relay's deliveries and synchronous queries (certificate lookups);
+what a peer's answer asks of us (``Retry-After``) and which peers to leave alone for a while."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from uuid import UUID
 
 import httpx
@@ -19,6 +25,8 @@ from service.exchange.envelope import envelope_body
 from service.signing.http import VerifiedSignature, sign_request, verify_response
 from service.signing.node import NodeSigner
 
+log = logging.getLogger(__name__)
+
 
 class PeerUnavailable(DomainError):
     status_code = 502
@@ -30,11 +38,8 @@ def peer_url(base_url: str, path: str) -> str:
     return f"{base_url}/peer/v1{path}"
 
 
-def post_signed(
-    client: httpx.Client, settings: Settings, signer: NodeSigner, *, url: str, path: str, body: bytes
-) -> httpx.Response:
-    """POST ``body`` to ``url`` (the peer's /peer/v1 + ``path``), signed now (raises httpx.HTTPError)."""
-    headers = sign_request(
+def _signed_headers(settings: Settings, signer: NodeSigner, path: str, body: bytes) -> dict[str, str]:
+    return sign_request(
         method="POST",
         path=f"/peer/v1{path}",
         body=body,
@@ -43,7 +48,111 @@ def post_signed(
         created=utcnow(),
         lifetime=timedelta(seconds=settings.max_signature_lifetime_seconds),
     )
-    return client.post(url, content=body, headers=headers)
+
+
+def post_signed(
+    client: httpx.Client, settings: Settings, signer: NodeSigner, *, url: str, path: str, body: bytes
+) -> httpx.Response:
+    """POST ``body`` to ``url`` (the peer's /peer/v1 + ``path``), signed now (raises httpx.HTTPError)."""
+    return client.post(url, content=body, headers=_signed_headers(settings, signer, path, body))
+
+
+async def apost_signed(
+    client: httpx.AsyncClient, settings: Settings, signer: NodeSigner, *, url: str, path: str, body: bytes
+) -> httpx.Response:
+    """``post_signed`` for the relay's loop: cancelling it (a deadline) closes the connection."""
+    return await client.post(url, content=body, headers=_signed_headers(settings, signer, path, body))
+
+
+class PeerClient(httpx.AsyncClient):
+    """The relay's HTTP client. The relay's own loop closes it (``aclose``) when the relay stops;
+    ``close()`` is for owners in synchronous code (the app's lifespan), and closes a client that
+    is still open on a loop of its own (the caller may be running one)."""
+
+    def close(self) -> None:
+        if self.is_closed:
+            return
+        closer = threading.Thread(target=asyncio.run, args=(self.aclose(),), name="peer-client-close")
+        closer.start()
+        closer.join()
+
+
+def retry_after(response: httpx.Response, now: datetime) -> timedelta | None:
+    """How long a ``429`` or ``503`` answer asks us to wait (``Retry-After``: seconds or an HTTP date).
+
+    Signed or not: the signature does not cover the header anyway, and waiting longer is all a
+    forged one could make us do (the relay caps it at the backoff cap).
+    """
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isascii() and value.isdigit():
+        return timedelta(seconds=min(int(value), 366 * 86400))
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        at = at.replace(tzinfo=UTC)
+    return max(at - now, timedelta(0))
+
+
+@dataclass
+class _Circuit:
+    failures: int = 0  # failed deliveries in a row
+    opened: int = 0  # times opened in a row, without a success in between
+    open_until: datetime | None = None  # None: closed
+
+
+class Circuits:
+    """A circuit breaker for each peer, as this replica sees it.
+
+    Closed: deliveries flow. ``failures`` failed deliveries in a row (or a ``Retry-After``) open
+    it: none are started until ``open_until``, so the peer's messages wait without spending their
+    retry budget. Then it is half open: one delivery at a time probes the peer; a success closes
+    it, a failure opens it again for longer (``cooldown(n)`` for the n-th time in a row).
+    """
+
+    def __init__(self, failures: int, cooldown: Callable[[int], timedelta]) -> None:
+        self.failures = failures
+        self.cooldown = cooldown
+        self._circuits: dict[str, _Circuit] = {}
+
+    def room(self, peer: str, now: datetime, closed: int) -> int:
+        """How many deliveries to ``peer`` may be in flight now: ``closed``, 1 (a probe) or 0."""
+        circuit = self._circuits.get(peer)
+        if circuit is None or circuit.open_until is None:
+            return closed
+        return 0 if now < circuit.open_until else 1
+
+    def not_closed(self) -> set[str]:
+        return {peer for peer, circuit in self._circuits.items() if circuit.open_until is not None}
+
+    def succeeded(self, peer: str) -> None:
+        circuit = self._circuits.pop(peer, None)
+        if circuit is not None and circuit.open_until is not None:
+            log.info("peer circuit closed recipient=%s", peer)
+
+    def failed(self, peer: str, now: datetime, hold: timedelta | None = None) -> None:
+        """A failed delivery to ``peer``; ``hold``: it asked us to wait that long (``Retry-After``)."""
+        circuit = self._circuits.setdefault(peer, _Circuit())
+        circuit.failures += 1
+        if circuit.open_until is not None and now < circuit.open_until:
+            # Open already: a delivery started before it opened. Only the peer's own word extends it.
+            if hold is not None:
+                circuit.open_until = max(circuit.open_until, now + hold)
+            return
+        probe_failed = circuit.open_until is not None
+        if not probe_failed and hold is None and circuit.failures < self.failures:
+            return
+        circuit.opened += 1
+        circuit.open_until = now + max(self.cooldown(circuit.opened), hold or timedelta(0))
+        log.warning(
+            "peer circuit open recipient=%s failures=%d open_for=%.1fs",
+            peer,
+            circuit.failures,
+            (circuit.open_until - now).total_seconds(),
+        )
 
 
 def verify_answer(

@@ -1,14 +1,15 @@
-"""Writing outgoing messages: in the same transaction as the business change they report."""
+"""Writing outgoing messages (in the same transaction as the business change they report), and
+the relay's leases on them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import uuid6
 from pydantic import BaseModel
-from sqlalchemy import event, func, update
+from sqlalchemy import ColumnElement, event, func, or_, update
 from sqlmodel import Session, col, select
 
 from service.clock import utcnow
@@ -112,5 +113,101 @@ def requeue_dead(session: Session, message_id: str | None = None) -> int:
     if message_id is not None:
         stmt = stmt.where(col(OutboxMessage.message_id) == message_id)
     result = session.exec(stmt)
+    session.flush()
+    return int(result.rowcount)
+
+
+# --- leases: which replica's relay is delivering a message ---------------------------------------
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    return (
+        (col(OutboxMessage.status) == OutboxStatus.pending)
+        & (col(OutboxMessage.next_attempt_at) <= now)
+        & or_(col(OutboxMessage.lease_until).is_(None), col(OutboxMessage.lease_until) < now)
+    )
+
+
+def claim_due(
+    session: Session,
+    *,
+    owner: str,
+    now: datetime,
+    until: datetime,
+    limit: int,
+    room: Mapping[str, int],
+    per_peer: int,
+) -> dict[str, str]:
+    """Lease up to ``limit`` due messages to ``owner`` until ``until``, oldest due first; flush only.
+
+    ``room`` says how many more a peer may have (none for a peer at 0: it is not even read);
+    any other peer gets up to ``per_peer``. Each claim counts as an attempt. Message id →
+    recipient of the messages now leased to ``owner``. On PostgreSQL the candidates are locked
+    with SKIP LOCKED, so concurrent claims by two replicas are disjoint; on SQLite the write lock
+    taken at BEGIN does it.
+    """
+    full = [peer for peer, n in room.items() if n <= 0]
+    query = select(OutboxMessage.message_id, OutboxMessage.recipient).where(_due(now))
+    if full:
+        query = query.where(col(OutboxMessage.recipient).not_in(full))
+    query = query.order_by(col(OutboxMessage.next_attempt_at)).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    left = dict(room)
+    chosen: dict[str, str] = {}
+    for message_id, recipient in session.exec(query).all():
+        if left.setdefault(recipient, per_peer) > 0:
+            left[recipient] -= 1
+            chosen[message_id] = recipient
+    if not chosen:
+        return {}
+    session.exec(
+        update(OutboxMessage)
+        .where(col(OutboxMessage.message_id).in_(chosen), _due(now))
+        .values(lease_owner=owner, lease_until=until, attempts=OutboxMessage.attempts + 1)
+    )
+    mine = session.exec(
+        select(OutboxMessage.message_id).where(
+            col(OutboxMessage.message_id).in_(chosen),
+            col(OutboxMessage.lease_owner) == owner,
+            col(OutboxMessage.lease_until) == until,
+        )
+    ).all()
+    session.flush()
+    return {message_id: chosen[message_id] for message_id in mine}
+
+
+def _held_by(owner: str, message_ids: Collection[str]) -> ColumnElement[bool]:
+    return (
+        col(OutboxMessage.message_id).in_(message_ids)
+        & (col(OutboxMessage.lease_owner) == owner)
+        & (col(OutboxMessage.status) == OutboxStatus.pending)
+    )
+
+
+def renew_leases(session: Session, *, owner: str, message_ids: Collection[str], until: datetime) -> set[str]:
+    """Extend ``owner``'s leases on these messages to ``until``; the ids it still holds. Flush only.
+
+    A message delivered, recorded or taken over by another replica meanwhile is not renewed.
+    """
+    if not message_ids:
+        return set()
+    session.exec(update(OutboxMessage).where(_held_by(owner, message_ids)).values(lease_until=until))
+    held = session.exec(
+        select(OutboxMessage.message_id).where(
+            _held_by(owner, message_ids), col(OutboxMessage.lease_until) == until
+        )
+    ).all()
+    session.flush()
+    return set(held)
+
+
+def release_leases(session: Session, *, owner: str, message_ids: Collection[str]) -> int:
+    """Give up ``owner``'s leases (deliveries abandoned at shutdown): due again at once. Flush only."""
+    if not message_ids:
+        return 0
+    result = session.exec(
+        update(OutboxMessage).where(_held_by(owner, message_ids)).values(lease_owner=None, lease_until=None)
+    )
     session.flush()
     return int(result.rowcount)

@@ -48,7 +48,8 @@ def readyz(request: Request) -> JSONResponse:
     if worker is None or not state.settings.relay_enabled:
         checks["relay"] = "disabled"
     else:
-        # A delivery waits at most the peer timeout, so a live relay beats well within this.
+        # The relay's loop beats every interval whatever its deliveries do (each has its own
+        # deadline), so a live relay beats well within this.
         stale_after = timedelta(
             seconds=max(
                 30.0, 3 * state.settings.peer_timeout_seconds, 10 * state.settings.relay_interval_seconds

@@ -6,11 +6,13 @@ YIPANQI_TEST_DATABASE_URL is set), the peer played by respx with responses signe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 from unittest.mock import Mock
@@ -27,6 +29,7 @@ from service.clock import clock, utcnow
 from service.config import Settings
 from service.db import make_engine
 from service.directory.service import remove_peer
+from service.exchange.client import Circuits, PeerClient
 from service.exchange.envelope import canonical_json, receipt_body
 from service.exchange.outbox import enqueue
 from service.exchange.relay import Attempt, Relay, backoff_delay
@@ -38,9 +41,9 @@ from tests.conftest import PostgresServer
 
 ME, PEER, OTHER = "410105", "411627", "310110"
 PEER_KEYID = f"{PEER}/k1"
-PEER_URL = "http://taikang.test"
+PEER_URL, OTHER_URL = "http://taikang.test", "http://yangpu.test"
 PATH = "/verification-requests"
-URL = f"{PEER_URL}/peer/v1{PATH}"
+URL, OTHER_ENDPOINT = f"{PEER_URL}/peer/v1{PATH}", f"{OTHER_URL}/peer/v1{PATH}"
 REQUEST = "verification.request"
 BASE, CAP, LEASE, MAX_ATTEMPTS = 2.0, 60.0, 60, 3
 T0 = datetime(2026, 11, 22, 1, 30, tzinfo=UTC)
@@ -77,19 +80,25 @@ class World:
 
     def relay(self, engine: Engine | None = None, **changes: Any) -> Relay:
         bind = engine or self.engine
+        settings = self.settings(**({"peer_timeout_seconds": 5.0} | changes))
         return Relay(
-            self.settings(**changes),
+            settings,
             lambda: Session(bind, expire_on_commit=False),
             self.signer,
             {REQUEST: self.hook},
-            client=httpx.Client(timeout=5),
+            client=PeerClient(timeout=settings.peer_timeout_seconds),
         )
 
-    def enqueue(self, n: int = 1) -> list[str]:
+    def enqueue(self, n: int = 1, recipient: str = PEER) -> list[str]:
         with self.session() as session:
             rows = [
                 enqueue(
-                    session, type=REQUEST, sender=ME, recipient=PEER, path=PATH, payload=Ping(text=f"#{i}")
+                    session,
+                    type=REQUEST,
+                    sender=ME,
+                    recipient=recipient,
+                    path=PATH,
+                    payload=Ping(text=f"#{i}"),
                 )
                 for i in range(n)
             ]
@@ -120,9 +129,14 @@ def new_world(tmp: Path, engine: Engine) -> World:
     )
     with world.session() as session:
         add_peer(session, PEER, world.peer_key, PEER_URL)
-        add_peer(session, OTHER, world.other_key, "http://yangpu.test")
+        add_peer(session, OTHER, world.other_key, OTHER_URL)
         session.commit()
     return world
+
+
+def run_once(relay: Relay) -> int:
+    """One round of the relay (claim what is due, deliver, record): how many it attempted."""
+    return asyncio.run(relay.sweep())
 
 
 def backoff_of(row: OutboxMessage) -> float:
@@ -210,7 +224,7 @@ def test_signed_receipt_is_delivered_and_kept(world: World, peer: respx.Router) 
     (message_id,) = world.enqueue()
     relay = world.relay()
 
-    assert relay.run_once() == 1
+    assert run_once(relay) == 1
 
     # What went out is a correctly signed peer request carrying the stored body.
     sent = route.calls.last.request
@@ -260,7 +274,7 @@ def test_signed_receipt_is_delivered_and_kept(world: World, peer: respx.Router) 
 
     # Delivered is final: later sweeps send nothing and call nothing.
     clock.advance(timedelta(hours=2))
-    assert relay.run_once() == 0
+    assert run_once(relay) == 0
     assert route.call_count == 1
     world.hook.assert_called_once()
 
@@ -269,7 +283,7 @@ def test_duplicate_receipt_also_delivers(world: World, peer: respx.Router) -> No
     """A 200 "duplicate" (the peer had it from an attempt whose receipt we lost) is a delivery too."""
     peer.post(URL).mock(side_effect=lambda r: signed(200, receipt(r, status="duplicate"), world.peer_key))
     (message_id,) = world.enqueue()
-    world.relay().run_once()
+    run_once(world.relay())
     row = world.row(message_id)
     assert row.status == OutboxStatus.delivered
     assert row.receipt_status == 200
@@ -361,7 +375,7 @@ def test_failed_delivery_is_retried_later(
     (message_id,) = world.enqueue()
     relay = world.relay()
 
-    assert relay.run_once() == 1
+    assert run_once(relay) == 1
 
     row = world.row(message_id)
     assert row.status == OutboxStatus.pending
@@ -374,9 +388,9 @@ def test_failed_delivery_is_retried_later(
     assert row.delivered_at is None
     world.hook.assert_not_called()
     # Not before its time, then again once due.
-    assert relay.run_once() == 0
+    assert run_once(relay) == 0
     clock.advance(timedelta(seconds=BASE))
-    assert relay.run_once() == 1
+    assert run_once(relay) == 1
     assert world.row(message_id).attempts == 2
 
 
@@ -386,7 +400,7 @@ def test_peer_missing_from_directory_is_retried(world: World, peer: respx.Router
     with world.session() as session:
         remove_peer(session, PEER)
         session.commit()
-    world.relay().run_once()
+    run_once(world.relay())
     row = world.row(message_id)
     assert row.status == OutboxStatus.pending
     assert row.last_error == f"peer {PEER} is not in the directory"
@@ -404,7 +418,7 @@ def test_signed_rejection_is_dead_at_once(world: World, peer: respx.Router, stat
     route = peer.post(URL).mock(side_effect=answering(world, rejected(status, code)))
     (message_id,) = world.enqueue()
     relay = world.relay()
-    relay.run_once()
+    run_once(relay)
     row = world.row(message_id)
     assert row.status == OutboxStatus.dead
     assert row.attempts == 1
@@ -413,7 +427,7 @@ def test_signed_rejection_is_dead_at_once(world: World, peer: respx.Router, stat
     assert (row.lease_owner, row.lease_until) == (None, None)
     world.hook.assert_not_called()
     clock.advance(timedelta(days=1))
-    assert relay.run_once() == 0
+    assert run_once(relay) == 0
     assert route.call_count == 1
 
 
@@ -424,7 +438,7 @@ def test_unsigned_rejection_is_retried_not_dead(world: World, peer: respx.Router
         return_value=httpx.Response(422, content=body, headers={"Content-Type": content_type})
     )
     (message_id,) = world.enqueue()
-    world.relay().run_once()
+    run_once(world.relay())
     assert world.row(message_id).status == OutboxStatus.pending
 
 
@@ -433,7 +447,7 @@ def test_retry_budget_spent_is_dead(world: World, peer: respx.Router) -> None:
     (message_id,) = world.enqueue()
     relay = world.relay()
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        assert relay.run_once() == 1
+        assert run_once(relay) == 1
         row = world.row(message_id)
         assert row.attempts == attempt
         if attempt < MAX_ATTEMPTS:
@@ -445,7 +459,7 @@ def test_retry_budget_spent_is_dead(world: World, peer: respx.Router) -> None:
     assert row.last_error is not None
     assert "ConnectError" in row.last_error
     clock.advance(timedelta(days=1))
-    assert relay.run_once() == 0
+    assert run_once(relay) == 0
     assert route.call_count == MAX_ATTEMPTS
 
 
@@ -584,7 +598,7 @@ def test_late_failure_does_not_touch_a_row_another_relay_holds(world: World, pee
     assert row.next_attempt_at == held.next_attempt_at
     assert row.last_error is None
     assert row.attempts == 2
-    fast.record(held, fast.deliver(held, URL))
+    fast.record(held, asyncio.run(fast.deliver(held, URL)))
     assert world.row(message_id).status == OutboxStatus.delivered
     world.hook.assert_called_once()
 
@@ -597,13 +611,13 @@ def test_late_relay_after_lease_expiry_does_not_record_twice(world: World, peer:
     assert slow.claim() == [message_id]
     slow_row = world.row(message_id)  # what the slow relay holds while its HTTP call hangs
     clock.advance(timedelta(seconds=LEASE + 1))
-    assert fast.run_once() == 1
+    assert run_once(fast) == 1
     assert world.row(message_id).status == OutboxStatus.delivered
     world.hook.assert_called_once()
     delivered = world.row(message_id)
 
     # The slow relay's answer comes in at last: a receipt (ignored) or a failure (ignored too).
-    slow.record(slow_row, slow.deliver(slow_row, URL))
+    slow.record(slow_row, asyncio.run(slow.deliver(slow_row, URL)))
     failed = Attempt("retry", "ReadTimeout: timed out")
     slow.record(slow_row, failed)
     dead = Attempt("dead", "HTTP 422 [invalid_message]: rejected by the peer", status=422)
@@ -615,3 +629,144 @@ def test_late_relay_after_lease_expiry_does_not_record_twice(world: World, peer:
     assert row.receipt_body == delivered.receipt_body
     assert row.receipt_signature == delivered.receipt_signature
     assert row.last_error is None
+
+
+# --- one peer's trouble is that peer's: per-peer limits, circuits, Retry-After -----------------
+
+
+def other_accepts(world: World) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: signed(202, receipt(request), world.other_key, keyid=f"{OTHER}/k1")
+
+
+def test_one_claim_takes_at_most_the_per_peer_limit_of_each_peer(world: World) -> None:
+    world.enqueue(10)  # due first
+    others = world.enqueue(3, recipient=OTHER)
+    relay = world.relay(relay_peer_concurrency=4, relay_concurrency=8)
+    claimed = relay.claim()
+    assert len(claimed) == 7
+    assert set(others) <= set(claimed)
+
+
+def test_circuit_opens_after_failures_in_a_row_and_one_probe_decides() -> None:
+    circuits = Circuits(3, cooldown=lambda opened: timedelta(seconds=10 * opened))
+    at = T0
+
+    def room(peer: str = PEER, after: float = 0) -> int:
+        return circuits.room(peer, at + timedelta(seconds=after), 4)
+
+    circuits.failed(PEER, at)
+    circuits.failed(PEER, at)
+    circuits.succeeded(PEER)  # a success in between: the count starts again
+    circuits.failed(PEER, at)
+    circuits.failed(PEER, at)
+    assert room() == 4
+    circuits.failed(PEER, at)  # the third in a row: open for cooldown(1)
+    assert circuits.not_closed() == {PEER}
+    assert (room(), room(after=9.9), room(after=10)) == (0, 0, 1)  # then half open: one probe
+    circuits.failed(PEER, at + timedelta(seconds=5))  # a delivery that started before it opened
+    assert room(after=10) == 1  # does not extend it
+    at += timedelta(seconds=10)
+    circuits.failed(PEER, at)  # the probe failed: open again, for longer
+    assert (room(after=19.9), room(after=20)) == (0, 1)
+    circuits.succeeded(PEER)  # a probe came back: closed
+    assert room() == 4
+    assert circuits.not_closed() == set()
+    # The peer's own word (Retry-After) opens it at once, for as long as it asked.
+    circuits.failed(OTHER, at, hold=timedelta(seconds=100))
+    assert (room(OTHER, 99.9), room(OTHER, 100)) == (0, 1)
+
+
+def test_a_failing_peer_waits_as_a_whole_while_the_others_flow(world: World, peer: respx.Router) -> None:
+    down = peer.post(URL).mock(side_effect=answering(world, refused))
+    up = peer.post(OTHER_ENDPOINT).mock(side_effect=other_accepts(world))
+    world.enqueue(3)
+    relay = world.relay()
+    assert run_once(relay) == 3  # three failures in a row: PEER's circuit opens
+    waiting = world.enqueue(5)  # due now, but PEER is left alone...
+    others = world.enqueue(3, recipient=OTHER)
+    assert run_once(relay) == 3  # ...while OTHER's messages go at once
+    assert all(world.row(m).status == OutboxStatus.delivered for m in others)
+    assert all(world.row(m).attempts == 0 for m in waiting)  # their retry budget untouched
+    assert down.call_count == 3
+    assert up.call_count == 3
+
+    # After the cooldown (at most the backoff base the first time), one probe at a time.
+    clock.advance(timedelta(seconds=BASE))
+    assert run_once(relay) == 1
+    assert down.call_count == 4
+    assert run_once(relay) == 0  # it failed: open again, for up to twice as long
+    clock.advance(timedelta(seconds=2 * BASE))
+    down.side_effect = answering(world, accepted)  # the peer is back
+    assert run_once(relay) == 1  # the probe is delivered: closed
+    assert run_once(relay) == 4  # everything due flows again, up to the per-peer limit at once
+    assert run_once(relay) == 3
+    assert all(world.row(m).status == OutboxStatus.delivered for m in waiting)
+
+
+def test_a_signed_refusal_does_not_count_against_the_peer(world: World, peer: respx.Router) -> None:
+    """A dead message is the message's problem: the peer answered, its circuit stays closed."""
+    peer.post(URL).mock(side_effect=answering(world, rejected(422, "invalid_message")))
+    relay = world.relay()
+    world.enqueue(5)
+    assert run_once(relay) == 4  # the per-peer limit
+    assert run_once(relay) == 1
+    assert relay.circuits.not_closed() == set()
+
+
+def with_retry_after(status: int, value: str, *, sign: bool = True) -> Answer:
+    def answer(world: World, _request: httpx.Request) -> httpx.Response:
+        body, content_type = problem(status, "busy"), "application/problem+json"
+        if sign:
+            response = signed(status, body, world.peer_key, content_type=content_type)
+        else:
+            response = httpx.Response(status, content=body, headers={"Content-Type": content_type})
+        response.headers["Retry-After"] = value
+        return response
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "wait"),
+    [
+        pytest.param(with_retry_after(429, "45"), 45, id="429-seconds"),
+        pytest.param(
+            with_retry_after(503, format_datetime(T0 + timedelta(seconds=50), usegmt=True)), 50, id="503-date"
+        ),
+        pytest.param(with_retry_after(503, "40", sign=False), 40, id="503-unsigned"),
+        pytest.param(with_retry_after(429, "864000"), CAP, id="capped"),
+    ],
+)
+def test_retry_after_holds_the_message_and_the_peer(
+    world: World, peer: respx.Router, answer: Answer, wait: float
+) -> None:
+    route = peer.post(URL).mock(side_effect=answering(world, answer))
+    peer.post(OTHER_ENDPOINT).mock(side_effect=other_accepts(world))
+    (message_id,) = world.enqueue()
+    relay = world.relay()
+    assert run_once(relay) == 1
+    row = world.row(message_id)
+    assert row.status == OutboxStatus.pending
+    assert row.attempts == 1
+    assert backoff_of(row) == wait  # not before the peer asked (the clock is frozen)
+    # The peer as a whole waits: a new message to it is not sent before then, others are.
+    (later,) = world.enqueue()
+    (other,) = world.enqueue(recipient=OTHER)
+    assert run_once(relay) == 1
+    assert world.row(other).status == OutboxStatus.delivered
+    clock.advance(timedelta(seconds=wait - 1))
+    assert run_once(relay) == 0
+    assert world.row(later).attempts == 0
+    clock.advance(timedelta(seconds=1))
+    route.side_effect = answering(world, accepted)
+    assert run_once(relay) == 1  # the probe: the circuit was held open, now half open
+    assert run_once(relay) == 1
+    assert {world.row(m).status for m in (message_id, later)} == {OutboxStatus.delivered}
+
+
+def test_a_short_retry_after_does_not_speed_up_the_retries(world: World, peer: respx.Router) -> None:
+    """The retry budget is spent no faster than the backoff spends it, whatever the peer says."""
+    peer.post(URL).mock(side_effect=answering(world, with_retry_after(503, "0")))
+    (message_id,) = world.enqueue()
+    run_once(world.relay())
+    assert BASE / 2 <= backoff_of(world.row(message_id)) <= BASE
