@@ -290,16 +290,16 @@ def test_a_stopping_worker_frees_what_it_had_in_flight_and_wakes_on_commit(
     worker = RelayWorker(relay, interval=30)
     worker.start()
     try:
-        started = time.monotonic()
         (stuck,) = world.enqueue(recipient=OTHER)
         (sent,) = world.enqueue()
+        # Within 10 s, a third of the 30 s interval: the commit woke the worker.
         asyncio.run(until(lambda: world.row(sent).status == OutboxStatus.delivered, 10, "delivered"))
-        assert time.monotonic() - started < 10
         asyncio.run(until(lambda: bool(wire.sends[stuck]), 10, "in flight"))
     finally:
         stopping = time.monotonic()
         worker.stop()
-    assert time.monotonic() - stopping < 5  # a short grace, not the 30 s deadline
+    # The 2 s grace, not the hanging peer's 60 s nor the 30 s deadline (a behaviour, not a speed).
+    assert time.monotonic() - stopping < 15
     assert not worker.alive
     assert relay.client.is_closed
     row = world.row(stuck)
