@@ -62,7 +62,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db import make_engine
 from service.exchange.envelope import envelope_body
-from service.localnet import _die_with_parent, build_network
+from service.localnet import _die_with_parent, build_network, free_port, free_ports
 from service.models import Priority, Topic
 from service.signing.http import sign_request
 from service.signing.node import NodeSigner, load_signer
@@ -202,24 +202,6 @@ def write_requests(requests: list[tuple[str, bytes]], prefix: Path, threads: int
 
 
 # --- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 both free on 127.0.0.1 (build_network numbers nodes from it)."""
-    while True:
-        port = free_port()
-        with socket.socket() as b:
-            try:
-                b.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -560,7 +542,7 @@ class Bench:
         else:
             database_urls, baseline_db = None, f"sqlite:///{(folder / 'baseline.db').resolve()}"
         say(f"[{backend}] initialising the node (migrations, keys, directory)")
-        sender, node = build_network(folder, [SENDER, RECEIVER], free_port_pair(), NODE_ENV, database_urls)
+        sender, node = build_network(folder, [SENDER, RECEIVER], free_ports(2), NODE_ENV, database_urls)
         engine = make_engine(sender.database_url)
         try:
             with Session(engine) as session:

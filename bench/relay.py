@@ -22,7 +22,7 @@ from sqlmodel import Session, select
 
 from service.db import make_engine
 from service.directory.service import KeySpec, add_peer
-from service.localnet import build_network, wait_for
+from service.localnet import build_network, free_ports, wait_for
 from service.models import OutboxMessage, OutboxStatus, Priority, Topic
 from service.signing.node import load_signer
 from service.subjects import Subject
@@ -30,20 +30,6 @@ from service.verification.schemas import VerificationRequestCreate
 from service.verification.service import create_outgoing
 
 SUBJECT = Subject(id_number="411627199503080024", name="王秀英", sex="F", birth_date="1995-03-08")  # type: ignore[arg-type]
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 both free on 127.0.0.1."""
-    while True:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
 
 
 def run(messages: int, concurrency: int, stalled: int) -> float:
@@ -56,7 +42,7 @@ def run(messages: int, concurrency: int, stalled: int) -> float:
         "YIPANQI_PEER_TIMEOUT_SECONDS": "2",
     }
     sender, receiver = build_network(
-        root, [("410105", "金水区"), ("411627", "太康县")], free_port_pair(), env
+        root, [("410105", "金水区"), ("411627", "太康县")], free_ports(2), env
     )
     engine = make_engine(sender.database_url)
     # A peer that accepts connections and never answers (a hung proxy): each try waits for the timeout.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -233,6 +234,38 @@ def build_network(
             if other is not node:
                 node.trust(other)
     return nodes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> int:
+    """First of ``n`` consecutive free ports, taken below the kernel's ephemeral range.
+
+    A node stopped and started again must find its port still free; in the ephemeral range any
+    outgoing connection on the machine (a pooled database connection, an API call) may have been
+    given it meanwhile, and the restart fails with "address already in use".
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(50):
+        base = random.randrange(10000, low - n) if low - n > 10000 else free_port()
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free ports")
 
 
 def stop_all(nodes: list[LocalNode]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -15,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.clock import clock
-from service.localnet import LocalNode, build_network
+from service.localnet import LocalNode, build_network, free_port, free_ports  # noqa: F401 (tests import them here)
 
 PG_ENV = "YIPANQI_TEST_DATABASE_URL"
 
@@ -60,38 +58,6 @@ FAST = {
     "YIPANQI_RELAY_LEASE_SECONDS": "3",
     "YIPANQI_PEER_TIMEOUT_SECONDS": "3",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """First of ``n`` consecutive free ports, taken below the kernel's ephemeral range.
-
-    A node stopped and started again must find its port still free; in the ephemeral range any
-    outgoing connection on the machine (a pooled database connection, an API call) may have been
-    given it meanwhile, and the restart fails with "address already in use".
-    """
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(50):
-        base = random.randrange(10000, low - n) if low - n > 10000 else free_port()
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
 
 
 class PostgresServer:
