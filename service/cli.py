@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from service.clock import offset_from_env
 from service.config import get_settings, unknown_variables
-from service.db import get_engine, new_session
+from service.db import get_engine, read_session, transaction
 from service.directory import service as directory
 from service.errors import DomainError
 from service.migrations import upgrade
@@ -84,8 +84,10 @@ def _open_database(*, create: bool = False) -> None:
     try:
         upgrade(get_engine())
     except ModuleNotFoundError as exc:  # the database's driver is an extra (psycopg for PostgreSQL)
-        _fail(f"the driver for YIPANQI_DATABASE_URL is not installed ({exc.name}): "
-              "pip install 'yipanqi[postgres]' for PostgreSQL")
+        _fail(
+            f"the driver for YIPANQI_DATABASE_URL is not installed ({exc.name}): "
+            "pip install 'yipanqi[postgres]' for PostgreSQL"
+        )
     except OperationalError as exc:
         where = make_url(settings.effective_database_url).render_as_string(hide_password=True)
         _fail(f"cannot open the database {where}: {str(exc.orig).strip().splitlines()[0]}")
@@ -95,7 +97,7 @@ def _require_node(*, private_key: bool = False) -> None:
     """The database holds a node (``yipanqi init`` ran) and, if asked, its private key is in place."""
     _open_database()
     settings = get_settings()
-    with new_session() as session:
+    with read_session() as session:
         if session.exec(select(LocalNode)).first() is None:
             _fail(f"no node in {settings.data_dir.resolve()} (its database is empty): {INIT_HINT}")
         if private_key:
@@ -123,13 +125,12 @@ def init(
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _open_database(create=True)
-    with new_session() as session:
+    with transaction() as session:
         try:
             key = node_identity.init_node(session, settings.keys_dir, node_id=node_id, name=name, label=label)
         except ValueError as exc:
             _fail(str(exc))
             return
-        session.commit()
     console.print(f"node {node_id} {name} initialised in {settings.data_dir}")
     console.print(f"keyid:      {key.keyid}")
     console.print(f"public key: {key.public_key}")
@@ -142,6 +143,9 @@ def init(
 def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8100,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="processes (PostgreSQL only; SQLite takes one writer: 1)")
+    ] = 1,
 ) -> None:
     """Run the node (applies database migrations first)."""
     import uvicorn
@@ -151,9 +155,26 @@ def serve(
 
     _setup_logging()
     _require_node(private_key=True)
+    if workers > 1 and get_settings().effective_database_url.startswith("sqlite"):
+        _fail(
+            "--workers needs PostgreSQL (YIPANQI_DATABASE_URL): SQLite lets one process write at a time, "
+            "so more processes would only wait on each other's locks (docs/storage.md)"
+        )
     if port_in_use(port, host):
         _fail(f"port {port} on {host} is already in use (another node?): stop it or choose another --port")
-    uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+    if workers == 1:
+        uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
+        return
+    # Each process is a replica of its own (relay leases, scheduler jobs that skip what another holds).
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()
@@ -181,12 +202,11 @@ def peers_add(
         _fail(str(exc))
         return
     _require_node()
-    with new_session() as session:
+    with transaction() as session:
         try:
             directory.add_peer(session, node_id=node_id, name=name, url=url, keys=keys)
         except DomainError as exc:
             _fail(exc.detail)
-        session.commit()
     console.print(f"peer {node_id} {name} at {url} trusted with {len(keys)} key(s)")
 
 
@@ -195,7 +215,7 @@ def peers_list() -> None:
     """Show the directory."""
     _require_node()
     table = Table("node_id", "name", "url", "keys")
-    with new_session() as session:
+    with read_session() as session:
         for peer, keys in directory.list_peers(session):
             table.add_row(
                 peer.node_id, peer.name, peer.url, "\n".join(f"{k.keyid}={k.public_key}" for k in keys)
@@ -207,12 +227,11 @@ def peers_list() -> None:
 def peers_remove(node_id: Annotated[str, typer.Option()]) -> None:
     """Stop trusting a peer and its keys."""
     _require_node()
-    with new_session() as session:
+    with transaction() as session:
         try:
             directory.remove_peer(session, node_id)
         except DomainError as exc:
             _fail(exc.detail)
-        session.commit()
     console.print(f"peer {node_id} removed")
 
 
@@ -223,13 +242,12 @@ def staff_add(
 ) -> None:
     """Create a staff account; prints its bearer token once."""
     _require_node()
-    with new_session() as session:
+    with transaction() as session:
         try:
             staff, token = create_staff(session, username=username, role=role)
         except DomainError as exc:
             _fail(exc.detail)
             return
-        session.commit()
     console.print(f"staff {staff.username} ({staff.role.value}) created; bearer token (shown once):")
     print(token)
 
@@ -286,7 +304,7 @@ def report(
 def show_public_key() -> None:
     """Print this node's keyid and public key (for peers' directories)."""
     _require_node(private_key=True)
-    with new_session() as session:
+    with read_session() as session:
         signer = node_identity.load_signer(session, get_settings().keys_dir)
     print(f"{signer.keyid}={public_key_text(signer.private_key.public_key())}")
 

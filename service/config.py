@@ -36,6 +36,22 @@ class Settings(BaseSettings):
     max_signature_lifetime_seconds: int = Field(default=300, gt=0)
     peer_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # Load (docs/storage.md): requests handled at once, the others wait in line up to
+    # admission_wait_seconds, at most admission_queue of them, and are then answered 503 with
+    # Retry-After. The database pool holds a connection for each admitted request, the relay and
+    # the scheduler (db_pool_size, by default derived from them).
+    max_concurrent_requests: int = Field(default=32, gt=0, le=1024)
+    admission_queue: int = Field(default=2048, ge=0)
+    admission_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    db_pool_size: int | None = Field(default=None, gt=0, le=1000)
+    # Longest wait for SQLite's writer lock in this process (and for a pool connection): then 503.
+    write_lock_wait_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Peer keys and staff accounts are read from memory; a change made by another replica (or by
+    # a CLI command) is seen within this many seconds, at once in the process that made it.
+    directory_refresh_seconds: float = Field(default=3.0, gt=0, le=300)
+    # Failed staff authentications allowed per minute from one address and against one account.
+    auth_failures_per_minute: int = Field(default=10, gt=0, le=10_000)
+
     # Outbox relay (service/exchange/relay.py).
     relay_enabled: bool = True
     relay_interval_seconds: float = Field(default=1.0, gt=0)
@@ -53,6 +69,16 @@ class Settings(BaseSettings):
     # growing from the backoff base up to relay_circuit_max_open_seconds.
     relay_circuit_failures: int = Field(default=3, gt=0, le=1000)
     relay_circuit_max_open_seconds: float = Field(default=60.0, gt=0)
+
+    # Batch exchange (docs/protocol.md section 18). Receiving: serve and advertise POST /peer/v1/batch,
+    # with at most this many items. Sending: the relay sends a peer that advertises it up to this many
+    # messages in one request (each batch takes one of the peer's relay_peer_concurrency slots),
+    # reading the peer's GET /peer/v1/node again after relay_capability_ttl_seconds.
+    peer_batch_enabled: bool = True
+    peer_batch_max_items: int = Field(default=1000, ge=1, le=1000)
+    relay_batch_enabled: bool = True
+    relay_batch_max_items: int = Field(default=1000, ge=2, le=1000)
+    relay_capability_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
     # Register import (流动人口个案): largest upload the staff API takes, rows per transaction.
     people_import_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
@@ -106,6 +132,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'yipanqi.db').resolve()}"
+
+    @property
+    def effective_db_pool_size(self) -> int:
+        return self.db_pool_size or self.max_concurrent_requests + self.relay_concurrency + 8
 
     @property
     def sqlite_file(self) -> Path | None:

@@ -74,6 +74,32 @@ class DomainError(Exception):
     def problem(self) -> dict[str, Any]:
         return problem_body(self.status_code, self.code, self.title, self.detail, **self.extra)
 
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class RetryLater(DomainError):
+    """The node cannot take this now; ``Retry-After`` says when to come back (RFC 9110 §10.2.3)."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class ServiceBusy(RetryLater):
+    status_code = 503
+    code = "busy"
+    title = "Busy"
+
+
+class TooManyRequests(RetryLater):
+    status_code = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {

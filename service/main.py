@@ -9,6 +9,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import anyio
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,11 +18,13 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.admission import Admission
 from service.births import routes as births
 from service.certificates import routes as certificates
 from service.certificates.peer import ENDPOINTS as CERTIFICATE_ENDPOINTS
 from service.config import Settings, get_settings
-from service.db import new_session
+from service.db import get_engine, new_session, read_session
+from service.directory.service import PeerKeys
 from service.errors import (
     PROBLEM_JSON,
     DomainError,
@@ -49,6 +52,7 @@ from service.people import routes as people
 from service.scheduler import Heartbeat, build_scheduler
 from service.signing.node import load_signer
 from service.sla import routes as reports
+from service.staff.service import StaffAccounts
 from service.verification import routes as verification
 from service.verification.peer import ENDPOINTS as VERIFICATION_ENDPOINTS
 
@@ -64,7 +68,10 @@ PEER_ENDPOINTS: tuple[PeerEndpoint, ...] = (
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    with new_session() as session:
+    # Every admitted request can have a worker thread without waiting (docs/storage.md).
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrent_requests + 8)
+    with read_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
     hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
     app.state.relay = Relay(settings, new_session, app.state.signer, hooks, metrics=app.state.metrics)
@@ -164,8 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # _add_docs(): Swagger UI from the package, never a CDN
         redoc_url=None,  # ReDoc's bundle loads its logo from the vendor's CDN: not offered
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings = settings or get_settings()
     app.state.metrics = NodeMetrics()
+    app.state.peer_keys = PeerKeys(get_engine, settings.directory_refresh_seconds)
+    app.state.staff_accounts = StaffAccounts(
+        get_engine, settings.directory_refresh_seconds, settings.auth_failures_per_minute
+    )
     app.include_router(build_peer_router(PEER_ENDPOINTS))
     app.include_router(verification.router)
     app.include_router(notifications.router)
@@ -181,6 +192,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(Exception, _internal_problem)
+    app.add_middleware(
+        Admission,
+        concurrency=settings.max_concurrent_requests,
+        queue=settings.admission_queue,
+        wait_seconds=settings.admission_wait_seconds,
+        refuse=lambda request, error: _answer(request, problem_response(error)),
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     _add_docs(app)
     return app

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.cells import cell_len
 
@@ -19,7 +22,7 @@ from service.migrations import upgrade
 from service.signing.keys import public_key_from_text
 from service.sla.deadlines import SHANGHAI
 from service.sla.schemas import METRIC_NAMES
-from tests.conftest import clock_offset
+from tests.conftest import NetworkFactory, clock_offset, free_port
 
 
 def run(data_dir: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
@@ -208,3 +211,40 @@ def test_report_is_readable_at_80_columns_in_beijing_time(node_dir: Path) -> Non
 def test_a_bad_clock_offset_is_one_line_naming_it(node_dir: Path) -> None:
     result = run(node_dir, "serve", "--port", "1", YIPANQI_CLOCK_OFFSET_SECONDS="next week")
     assert_one_clear_line(result, "invalid setting", "YIPANQI_CLOCK_OFFSET_SECONDS must be a number")
+
+
+def test_serve_workers_on_sqlite_is_refused_with_the_reason(node_dir: Path) -> None:
+    result = run(node_dir, "serve", "--workers", "2", "--port", str(free_port()))
+    assert_one_clear_line(result, "--workers needs PostgreSQL", "one process write at a time")
+
+
+@pytest.mark.postgres
+def test_serve_workers_runs_several_processes_on_postgres(postgres_network: NetworkFactory) -> None:
+    (node,) = postgres_network([("410105", "金水区")], start=False)
+    env = {**node.env, "YIPANQI_RELAY_ENABLED": "false"}
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, 'serve --workers 2 exited'
+            time.sleep(0.1)  # real clock: waiting for a process
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert len(children) >= 2, children  # the workers (and uvicorn's own helper, if any)
+        headers = {"Authorization": f"Bearer {node.token}"}
+        answers = [httpx.get(f"{url}/api/v1/verification-requests", headers=headers) for _ in range(20)]
+        assert {a.status_code for a in answers} == {200}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

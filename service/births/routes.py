@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.births import service
 from service.births.schemas import BirthPage, BirthRegistrationCreate, BirthRegistrationRead, BirthReview
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import BirthRegistrationStatus
@@ -23,8 +23,8 @@ def register(
     data: BirthRegistrationCreate, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> BirthRegistrationRead:
     """Register a first or second child at once on the signed commitment; the origin is asked to verify."""
-    registration = service.register_birth(session, signer, data, staff.username)
-    session.commit()
+    with transaction() as tx:
+        registration = service.register_birth(tx, signer, data, staff.username)
     assert registration.id is not None
     audit(staff, "birth.register", f"birth:{registration.id}")
     return service.read(session, registration)
@@ -55,7 +55,7 @@ def decide(
     registration_id: DbId, data: BirthReview, session: SessionDep, staff: Supervisor
 ) -> BirthRegistrationRead:
     """A supervisor confirms a registration in review, or keeps it in review with a note."""
-    registration = service.review(session, registration_id, data)
-    session.commit()
+    with transaction() as tx:
+        registration = service.review(tx, registration_id, data)
     audit(staff, "birth.review", f"birth:{registration_id}")
     return service.read(session, registration)

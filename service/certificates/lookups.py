@@ -36,6 +36,7 @@ from service.certificates.schemas import (
 )
 from service.clock import utcnow
 from service.config import Settings
+from service.db import transaction
 from service.directory.service import get_peer
 from service.errors import InvalidState, NotFound, ValidationFailed
 from service.exchange.client import PeerAnswer, PeerUnavailable, query_peer
@@ -77,6 +78,8 @@ def origin_for(session: Session, signer: NodeSigner, id_number: str, person: Per
 def lookup(
     session: Session, settings: Settings, signer: NodeSigner, data: LookupCreate, staff: str | None
 ) -> LookupResult:
+    """Read (``session`` only reads), ask the origin with no transaction open, check its signed
+    answer, then store the check in one short transaction."""
     person = register_person(session, data.id_number)
     origin = origin_for(session, signer, data.id_number, person)
     answer = query_peer(
@@ -107,10 +110,11 @@ def lookup(
         response_signature_input=answer.signature.signature_input,
         response_signature=answer.signature.signature,
     )
-    session.add(check)
-    session.flush()
-    if _suggested(check) and settings.certificate_discrepancy_auto_send:
-        send_discrepancy(session, signer, check, staff)
+    with transaction(session) as tx:
+        tx.add(check)
+        tx.flush()
+        if _suggested(check) and settings.certificate_discrepancy_auto_send:
+            send_discrepancy(tx, signer, check, staff)
     return LookupResult(
         check_id=_id(check),
         origin_node=origin,

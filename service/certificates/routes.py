@@ -19,7 +19,7 @@ from service.certificates.schemas import (
     LookupResult,
     PersonCheckStatus,
 )
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.models import CertificateCheck
@@ -37,8 +37,8 @@ _errors = staff_errors
 @router.post("", status_code=201, response_model=CertificateRead, responses=_errors(404, 409, 422))
 def issue(data: CertificateIssue, session: SessionDep, staff: Actor) -> CertificateRead:
     """Issue the certificate of a woman 18–49 in this node's own register (origin side)."""
-    certificate = service.issue(session, data.person_id, staff.username)
-    session.commit()
+    with transaction() as tx:
+        certificate = service.issue(tx, data.person_id, staff.username)
     assert certificate.id is not None
     audit(staff, "certificate.issue", f"certificate:{certificate.id}")
     return service.read(session, certificate.id)
@@ -50,7 +50,6 @@ def lookup(
 ) -> LookupResult:
     """查验: ask the person's origin for her certificate; the signed answer is kept as the check."""
     result = lookups.lookup(session, settings, signer, data, staff.username)
-    session.commit()
     audit(staff, "certificate.lookup", f"check:{result.check_id}")
     return result
 
@@ -73,13 +72,13 @@ def list_checks(
     response_model=CheckSummary,
     responses=_errors(404, 409, 422),
 )
-def discrepancy_request(check_id: DbId, session: SessionDep, signer: SignerDep, staff: Actor) -> CheckSummary:
+def discrepancy_request(check_id: DbId, signer: SignerDep, staff: Actor) -> CheckSummary:
     """Send the origin the certificate_discrepancy 协查 this check suggested (7-day deadline)."""
-    lookups.send_discrepancy(session, signer, check_id, staff.username)
-    session.commit()
+    with transaction() as tx:
+        lookups.send_discrepancy(tx, signer, check_id, staff.username)
+        check = tx.get(CertificateCheck, check_id)
+        assert check is not None
     audit(staff, "certificate.discrepancy_request", f"check:{check_id}")
-    check = session.get(CertificateCheck, check_id)
-    assert check is not None
     return lookups.summary(check)
 
 
@@ -90,9 +89,7 @@ def check_rate(year: Year, session: SessionDep, _staff: Reader) -> CheckRate:
 
 
 @router.get("/check-status", response_model=PersonCheckStatus, responses=_errors(404, 422))
-def check_status(
-    person_id: DbId, year: Year, session: SessionDep, staff: Reader
-) -> PersonCheckStatus:
+def check_status(person_id: DbId, year: Year, session: SessionDep, staff: Reader) -> PersonCheckStatus:
     """Whether one person counts as checked for a year, and why."""
     status = rates.person_check_status(session, person_id, year)
     audit(staff, "certificate.check_status", f"person:{person_id}")
@@ -112,8 +109,8 @@ def correct(
     certificate_id: DbId, data: CertificateCorrect, session: SessionDep, staff: Actor
 ) -> CertificateRead:
     """Correct what the certificate shows; each correction is a new version with its reason."""
-    service.correct(session, certificate_id, data, staff.username)
-    session.commit()
+    with transaction() as tx:
+        service.correct(tx, certificate_id, data, staff.username)
     audit(staff, "certificate.correct", f"certificate:{certificate_id}")
     return service.read(session, certificate_id)
 
@@ -123,7 +120,7 @@ def cancel(
     certificate_id: DbId, data: CertificateCancel, session: SessionDep, staff: Actor
 ) -> CertificateRead:
     """Cancel (注销) a certificate; it stays on record with its versions."""
-    service.cancel(session, certificate_id, data.reason, staff.username)
-    session.commit()
+    with transaction() as tx:
+        service.cancel(tx, certificate_id, data.reason, staff.username)
     audit(staff, "certificate.cancel", f"certificate:{certificate_id}")
     return service.read(session, certificate_id)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.errors import NotFound, ValidationFailed
 from service.models import LocalNode, NodeKey, Peer, PeerKey
 from service.signing.keys import is_node_id, public_key_from_text, split_keyid
+from service.snapshots import Snapshot, mark_changed
+
+DIRECTORY = "directory"  # the snapshot topic of peers and their keys
 
 BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 PUBLIC_KEY_CHARS = 43  # base64url of 32 bytes, unpadded
@@ -67,6 +73,7 @@ def add_peer(session: Session, *, node_id: str, name: str, url: str, keys: list[
         row.public_key = key.public_key
         session.add(row)
     session.flush()
+    mark_changed(session, DIRECTORY)
     return peer
 
 
@@ -94,6 +101,7 @@ def remove_peer(session: Session, node_id: str) -> None:
     session.flush()
     session.delete(peer)
     session.flush()
+    mark_changed(session, DIRECTORY)
 
 
 def list_peers(session: Session) -> list[tuple[Peer, list[PeerKey]]]:
@@ -106,11 +114,48 @@ def get_peer(session: Session, node_id: str) -> Peer | None:
     return session.get(Peer, node_id)
 
 
+@dataclass(frozen=True)
+class TrustedKey:
+    public_key: Ed25519PublicKey
+    not_before: datetime | None
+    not_after: datetime | None
+
+    def valid_at(self, now: datetime) -> bool:
+        return not ((self.not_before and now < self.not_before) or (self.not_after and now >= self.not_after))
+
+
+def _load_keys(session: Session) -> dict[str, TrustedKey]:
+    return {
+        row.keyid: TrustedKey(public_key_from_text(row.public_key), row.not_before, row.not_after)
+        for row in session.exec(select(PeerKey))
+    }
+
+
+class PeerKeys:
+    """The directory's public keys from memory, for signature checks (no database read per request)."""
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        refresh_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys = Snapshot(
+            DIRECTORY, _load_keys, engine=engine, refresh_seconds=refresh_seconds, monotonic=monotonic
+        )
+
+    def resolve(self, keyid: str, now: datetime) -> Ed25519PublicKey | None:
+        """The public key for ``keyid`` if it is in the directory and valid at ``now``."""
+        key = self._keys.get().get(keyid)
+        if key is None:
+            key = self._keys.missed().get(keyid)
+        return key.public_key if key is not None and key.valid_at(now) else None
+
+
 def resolve_key(session: Session, keyid: str, now: datetime) -> Ed25519PublicKey | None:
-    """The public key for ``keyid`` if it is in the directory and valid at ``now``."""
+    """The public key for ``keyid`` read from the database (the relay's check of an answer)."""
     row = session.get(PeerKey, keyid)
     if row is None:
         return None
-    if (row.not_before and now < row.not_before) or (row.not_after and now >= row.not_after):
-        return None
-    return public_key_from_text(row.public_key)
+    key = TrustedKey(public_key_from_text(row.public_key), row.not_before, row.not_after)
+    return key.public_key if key.valid_at(now) else None

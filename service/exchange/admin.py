@@ -8,7 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import staff_errors
 from service.exchange import outbox
 from service.models import OutboxStatus
@@ -53,18 +53,18 @@ def list_outbox(
 
 
 @router.post("/dead/requeue", response_model=Requeued, responses=staff_errors())
-def requeue_all(session: SessionDep, staff: Admin) -> Requeued:
+def requeue_all(staff: Admin) -> Requeued:
     """Re-run every dead message with a fresh retry budget."""
-    count = outbox.requeue_dead(session)
-    session.commit()
+    with transaction() as tx:
+        count = outbox.requeue_dead(tx)
     audit(staff, "outbox.requeue", f"dead:{count}")
     return Requeued(requeued=count)
 
 
 @router.post("/{message_id}/requeue", response_model=Requeued, responses=staff_errors(404, 409, 422))
-def requeue_one(message_id: UUID, session: SessionDep, staff: Admin) -> Requeued:
+def requeue_one(message_id: UUID, staff: Admin) -> Requeued:
     """Re-run one dead message (409 if it is not dead)."""
-    count = outbox.requeue_dead(session, str(message_id))
-    session.commit()
+    with transaction() as tx:
+        count = outbox.requeue_dead(tx, str(message_id))
     audit(staff, "outbox.requeue", f"message:{message_id}")
     return Requeued(requeued=count)

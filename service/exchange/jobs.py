@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 
 from service.clock import utcnow
-from service.db import new_session
+from service.db import transaction
 from service.exchange.inbox import sweep_nonces
 
 log = logging.getLogger(__name__)
 
 
 def nonce_sweep_job() -> None:
-    with new_session() as session:
+    with transaction() as session:
         removed = sweep_nonces(session, utcnow())
-        session.commit()
     if removed:
         log.info("forgot expired nonces count=%d", removed)

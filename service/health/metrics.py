@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from service.clock import utcnow
-from service.db import new_session
+from service.db import read_session
 from service.models import Direction, OutboxMessage, OutboxStatus, StaffNotice
 from service.sla.deadlines import SHANGHAI
 from service.sla.rates import month_rates
@@ -37,7 +37,7 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 36
 class NodeMetrics:
     """The registry of one app, with the instruments the exchange increments."""
 
-    def __init__(self, session_factory: Callable[[], Session] = new_session) -> None:
+    def __init__(self, session_factory: Callable[[], Session] = read_session) -> None:
         self.registry = CollectorRegistry()
         self.peer_messages = Counter(
             "yipanqi_peer_messages",
@@ -51,6 +51,11 @@ class NodeMetrics:
             "From an outbox message's creation to its signed receipt (delivered_at - created_at)",
             ["type"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.busy = Counter(
+            "yipanqi_http_busy",
+            "Requests answered 503 busy with Retry-After by admission (service/admission.py)",
             registry=self.registry,
         )
         self.registry.register(DatabaseCollector(session_factory))

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from service.clock import utcnow
-from service.db import new_session
+from service.db import read_session
 from service.scheduler import stale_after_seconds
 
 router = APIRouter(tags=["health"])
@@ -38,7 +38,7 @@ def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     checks: dict[str, str] = {}
     try:
-        with new_session() as session:
+        with read_session() as session:
             session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; say which kind

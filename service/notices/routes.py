@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.clock import utcnow
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import problem_responses
 from service.models import Role
 from service.notices import service
@@ -43,8 +43,7 @@ def list_notices(
     response_model=NoticeRead,
     responses=problem_responses({401: "not_authenticated", 403: "forbidden (role)", 404: "not_found"}),
 )
-def mark_read(notice_id: DbId, session: SessionDep, staff: Actor) -> NoticeRead:
+def mark_read(notice_id: DbId, staff: Actor) -> NoticeRead:
     """Mark a notice read for its role (the first reader and time are kept)."""
-    notice = service.mark_read(session, staff, notice_id, utcnow())
-    session.commit()
-    return notice
+    with transaction() as tx:
+        return service.mark_read(tx, staff, notice_id, utcnow())

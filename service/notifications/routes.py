@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import Direction, NotificationKind, NotificationStatus
@@ -26,8 +26,8 @@ def create(
     data: NotificationCreate, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> NotificationRead:
     """Send a 通报 to another county (queued in the outbox, delivered by the relay)."""
-    notification = service.create_outgoing(session, signer, data, staff.username)
-    session.commit()
+    with transaction() as tx:
+        notification = service.create_outgoing(tx, signer, data, staff.username)
     assert notification.id is not None
     audit(staff, "notification.create", f"notification:{notification.id}")
     return service.get_notification(session, notification.id)
@@ -72,7 +72,7 @@ def acknowledge(
     notification_id: DbId, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> NotificationRead:
     """接收确认: acknowledge an incoming notification (the ack is sent to its sender)."""
-    service.acknowledge(session, signer, notification_id)
-    session.commit()
+    with transaction() as tx:
+        service.acknowledge(tx, signer, notification_id)
     audit(staff, "notification.ack", f"notification:{notification_id}")
     return service.get_notification(session, notification_id)

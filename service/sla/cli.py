@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Column, Table
 
-from service.db import new_session
+from service.db import read_session
 from service.errors import DomainError
 from service.sla import report as reports
 from service.sla.deadlines import SHANGHAI
@@ -25,7 +25,7 @@ def run_report(console: Console, month: str, format: str, output: Path | None, *
     if format == "xlsx" and output is None:
         console.print("[red]error:[/red] --format xlsx needs --output FILE")
         return 2
-    with new_session() as session:
+    with read_session() as session:
         try:
             if regenerate:
                 report = reports.generate_report(session, month)
@@ -34,7 +34,6 @@ def run_report(console: Console, month: str, format: str, output: Path | None, *
         except DomainError as exc:
             console.print(f"[red]error:[/red] {exc.detail}")
             return 2
-        session.commit()
     if format == "table":
         _table(console, report)
         return 0

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from service.clock import utcnow
 from service.config import get_settings
-from service.db import new_session
+from service.db import new_session, read_session
 from service.sla.deadlines import SHANGHAI
 from service.sla.report import ensure_report, previous_month
 from service.sla.sweeps import sweep_all
@@ -19,9 +19,8 @@ log = logging.getLogger(__name__)
 def monthly_report_job() -> None:
     """Store last month's report (Asia/Shanghai) if no replica has yet: safe to run any day, often."""
     month = f"{previous_month(utcnow().astimezone(SHANGHAI).date()):%Y-%m}"
-    with new_session() as session:
+    with read_session() as session:
         report, generated = ensure_report(session, month)
-        session.commit()
     if generated:
         log.info("monthly report stored month=%s below_target=%d", month, report.below_target)
 

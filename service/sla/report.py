@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 from service.certificates.service import local_node_id
 from service.clock import utcnow
 from service.config import Settings, get_settings
+from service.db import transaction
 from service.models import MonthlyReport as StoredReport
 from service.sla.rates import month_bounds, month_rates, next_month, parse_month, require_complete
 from service.sla.schemas import DIMENSION_NAMES, DIRECTION_NAMES, MonthlyReport, RateRow
@@ -82,14 +83,16 @@ def stored_report(session: Session, month: str) -> MonthlyReport | None:
 
 
 def generate_report(session: Session, month: str, settings: Settings | None = None) -> MonthlyReport:
-    """Compute the month's report and store it, replacing a stored one (flushes, never commits)."""
+    """Compute the month's report (reading with ``session``), then store it in one short
+    transaction, replacing a stored one."""
     report = compute_report(session, month, settings)
-    row = session.exec(select(StoredReport).where(StoredReport.month == report.month)).first()
-    if row is None:
-        row = StoredReport(month=report.month, generated_at=report.generated_at, content="")
-    row.generated_at, row.content = report.generated_at, report.model_dump_json()
-    session.add(row)
-    session.flush()
+    content = report.model_dump_json()
+    with transaction(session) as tx:
+        row = tx.exec(select(StoredReport).where(StoredReport.month == report.month)).first()
+        if row is None:
+            row = StoredReport(month=report.month, generated_at=report.generated_at, content="")
+        row.generated_at, row.content = report.generated_at, content
+        tx.add(row)
     return report
 
 
@@ -98,18 +101,19 @@ def ensure_report(
 ) -> tuple[MonthlyReport, bool]:
     """The stored report, or a new one generated and stored; ``True`` when this call generated it.
 
-    Two replicas racing: the loser's insert hits the unique month inside a savepoint and it
-    returns the winner's report.
+    Computed while reading, stored in one short transaction. Two replicas racing: the loser's
+    insert hits the unique month and it returns the winner's report.
     """
     existing = stored_report(session, month)
     if existing is not None:
         return existing, False
     report = compute_report(session, month, settings)
+    content = report.model_dump_json()
     try:
-        with session.begin_nested():
-            content = report.model_dump_json()
-            session.add(StoredReport(month=report.month, generated_at=report.generated_at, content=content))
+        with transaction(session) as tx:
+            tx.add(StoredReport(month=report.month, generated_at=report.generated_at, content=content))
     except IntegrityError:
+        session.commit()  # a fresh snapshot, which holds the winner's row
         winner = stored_report(session, month)
         assert winner is not None
         return winner, False

@@ -31,9 +31,7 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def _get(session: SessionDep, month: str) -> MonthlyReport:
-    report, generated = reports.ensure_report(session, month)
-    if generated:
-        session.commit()
+    report, _ = reports.ensure_report(session, month)
     return report
 
 
@@ -78,6 +76,5 @@ def report_json(month: Month, session: SessionDep, staff: Reader) -> MonthlyRepo
 def regenerate(month: Month, session: SessionDep, staff: Supervisor) -> MonthlyReport:
     """Compute the month's report anew and replace the stored one (负责人 only)."""
     report = reports.generate_report(session, month)
-    session.commit()
     audit(staff, "report.regenerate", f"report:{report.month}")
     return report

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.db import SessionDep
 from service.errors import DomainError, NotAuthenticated
 from service.models import Role, Staff
-from service.staff.service import authenticate
+from service.staff.service import StaffAccounts
 
 _bearer = HTTPBearer(auto_error=False, description="token from `yipanqi staff add`")
 
@@ -23,18 +22,21 @@ class RoleForbidden(DomainError):
 
 
 def current_staff(
-    session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Staff:
+    """The account from memory (StaffAccounts): no database connection is held for this."""
     if credentials is None:
         raise NotAuthenticated("Authorization: Bearer <token> is required")
-    return authenticate(session, credentials.credentials)
+    accounts: StaffAccounts = request.app.state.staff_accounts
+    source = request.client.host if request.client else "-"
+    return accounts.authenticate(credentials.credentials, source)
 
 
 CurrentStaff = Annotated[Staff, Depends(current_staff)]
 
 
-def require(*roles: Role) -> Callable[[Staff], Staff]:
-    def check(staff: CurrentStaff) -> Staff:
+def require(*roles: Role) -> Callable[[Staff], Coroutine[Any, Any, Staff]]:
+    async def check(staff: CurrentStaff) -> Staff:  # on the event loop: no thread for a comparison
         if staff.role not in roles:
             raise RoleForbidden(f"role {staff.role.value} may not do this")
         return staff

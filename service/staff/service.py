@@ -4,63 +4,126 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from service.errors import NotAuthenticated, ValidationFailed
+from service.errors import NotAuthenticated, TooManyRequests, ValidationFailed
 from service.models import Role, Staff
 from service.schemas import DB_ID_MAX
+from service.snapshots import Snapshot, mark_changed
 
 _hasher = PasswordHasher()
 _audit = logging.getLogger("yipanqi.audit")
 # The account id is a database id (1 … 2^31-1): at most 10 digits, checked against DB_ID_MAX below.
 _TOKEN = re.compile(r"^yp_([1-9][0-9]{0,9})_([A-Za-z0-9_-]{20,100})$")
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,64}$")
-# argon2 is slow on purpose; remember a verified token briefly so each request does not pay for it.
-_CACHE_SECONDS = 60.0
-_cache: dict[str, tuple[float, int]] = {}
-_cache_lock = threading.Lock()
+STAFF = "staff"  # the snapshot topic of staff accounts
+# An unknown account is checked against this hash, so that it costs what a wrong secret costs.
+_NO_ACCOUNT_HASH = _hasher.hash(secrets.token_urlsafe(32))
+_VERIFIED_MAX = 10_000  # verified tokens remembered (a few per account in practice)
 
 
 def create_staff(session: Session, *, username: str, role: Role) -> tuple[Staff, str]:
     """Create an account and return it with its token (shown once, never stored)."""
     if not USERNAME.fullmatch(username):
         raise ValidationFailed("username must be 2-64 of A-Z a-z 0-9 . _ -", field="username")
+    secret = secrets.token_urlsafe(32)
+    token_hash = _hasher.hash(secret)  # before the first statement: no hashing inside a transaction
     if session.exec(select(Staff).where(Staff.username == username)).first() is not None:
         raise ValidationFailed(f"username {username!r} is taken", field="username")
-    secret = secrets.token_urlsafe(32)
-    staff = Staff(username=username, role=role, token_hash=_hasher.hash(secret))
+    staff = Staff(username=username, role=role, token_hash=token_hash)
     session.add(staff)
     session.flush()
+    mark_changed(session, STAFF)
     return staff, f"yp_{staff.id}_{secret}"
 
 
-def authenticate(session: Session, token: str) -> Staff:
-    match = _TOKEN.fullmatch(token)
-    if match is None or int(match.group(1)) > DB_ID_MAX:
-        raise NotAuthenticated("malformed bearer token")
-    staff = session.get(Staff, int(match.group(1)))
-    if staff is None or not staff.active:
-        raise NotAuthenticated("unknown or disabled account")
-    fingerprint = hashlib.sha256(token.encode()).hexdigest()
-    now = time.monotonic()
-    with _cache_lock:
-        cached = _cache.get(fingerprint)
-    if cached is not None and cached[0] > now and cached[1] == staff.id:
+class StaffAccounts:
+    """Bearer-token checks from memory: accounts in a snapshot, verified tokens remembered.
+
+    argon2 is slow on purpose, so a token verified once is remembered (by its SHA-256, with the
+    account's hash at that time) until the account's token hash changes or it is deactivated;
+    the change takes effect at once in this process and within ``refresh_seconds`` in others.
+    Failed checks are limited per source address and per account: past the limit the answer is a
+    429 with Retry-After, before any hashing.
+    """
+
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        refresh_seconds: float,
+        failures_per_minute: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._accounts = Snapshot(
+            STAFF, _load_accounts, engine=engine, refresh_seconds=refresh_seconds, monotonic=monotonic
+        )
+        self._verified: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+        self._hashing = threading.Lock()
+        self._limit = RateLimitItemPerMinute(failures_per_minute)
+        self._failures = MovingWindowRateLimiter(MemoryStorage())
+
+    def authenticate(self, token: str, source: str) -> Staff:
+        match = _TOKEN.fullmatch(token)
+        if match is None or int(match.group(1)) > DB_ID_MAX:
+            raise NotAuthenticated("malformed bearer token")
+        staff_id = int(match.group(1))
+        staff = self._accounts.get().get(staff_id) or self._accounts.missed().get(staff_id)
+        fingerprint = hashlib.sha256(token.encode()).hexdigest()
+        with self._lock:
+            verified = self._verified.get(fingerprint)
+        if staff is not None and staff.active and verified == (staff_id, staff.token_hash):
+            return staff
+        keys = (f"source:{source}", f"account:{staff_id}")
+        # One argon2 check at a time in the process: the limit is checked and counted under the
+        # same lock, so a burst cannot slip past it, and a flood holds at most one core.
+        with self._hashing:
+            for key in keys:
+                if not self._failures.test(self._limit, key):
+                    wait = self._wait(key)
+                    raise TooManyRequests("too many failed sign-ins; try again later", retry_after=wait)
+            try:
+                # The same work for an unknown or disabled account as for a wrong secret.
+                _hasher.verify(staff.token_hash if staff else _NO_ACCOUNT_HASH, match.group(2))
+                if staff is None or not staff.active:
+                    raise VerificationError
+            except (VerificationError, InvalidHashError) as exc:
+                for key in keys:
+                    self._failures.hit(self._limit, key)
+                raise NotAuthenticated("unknown or disabled account, or invalid bearer token") from exc
+        assert staff is not None
+        with self._lock:
+            if len(self._verified) >= _VERIFIED_MAX:
+                self._verified.clear()
+            self._verified[fingerprint] = (staff_id, staff.token_hash)
         return staff
-    try:
-        _hasher.verify(staff.token_hash, match.group(2))
-    except (VerificationError, InvalidHashError) as exc:
-        raise NotAuthenticated("invalid bearer token") from exc
-    with _cache_lock:
-        _cache[fingerprint] = (now + _CACHE_SECONDS, staff.id or 0)
-    return staff
+
+    def _wait(self, key: str) -> int:
+        # The limiter's windows are in epoch seconds.
+        reset = self._failures.get_window_stats(self._limit, key).reset_time
+        return max(1, math.ceil(reset - time.time()))  # real clock
+
+
+def _load_accounts(session: Session) -> dict[int, Staff]:
+    accounts = {}
+    for row in session.exec(select(Staff)):
+        session.expunge(row)  # handed to requests as plain values, never written back
+        assert row.id is not None
+        accounts[row.id] = row
+    return accounts
 
 
 def audit(staff: Staff, action: str, target: str) -> None:

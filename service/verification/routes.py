@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import staff_errors
 from service.exchange.security import SignerDep
 from service.models import CaseStatus, Direction
@@ -24,8 +24,8 @@ _errors = staff_errors
 @router.post("", status_code=201, response_model=CaseRead, responses=_errors(422))
 def create(data: VerificationRequestCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
     """Send a 协查 request to another county (queued in the outbox, delivered by the relay)."""
-    case = service.create_outgoing(session, signer, data, staff.username)
-    session.commit()
+    with transaction() as tx:
+        case = service.create_outgoing(tx, signer, data, staff.username)
     assert case.id is not None
     audit(staff, "verification.create", f"case:{case.id}")
     return service.get_case(session, case.id)
@@ -68,8 +68,8 @@ def acknowledge(
     case_id: DbId, data: AckCreate, session: SessionDep, signer: SignerDep, staff: Actor
 ) -> CaseRead:
     """签收 an incoming request, optionally promising an answer date."""
-    service.acknowledge(session, signer, case_id, data)
-    session.commit()
+    with transaction() as tx:
+        service.acknowledge(tx, signer, case_id, data)
     audit(staff, "verification.ack", f"case:{case_id}")
     return service.get_case(session, case_id)
 
@@ -77,7 +77,7 @@ def acknowledge(
 @router.post("/{case_id:int}/reply", response_model=CaseRead, responses=_errors(404, 409))
 def reply(case_id: DbId, data: ReplyCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
     """反馈: answer an incoming request (once; an answered case is closed)."""
-    service.reply(session, signer, case_id, data)
-    session.commit()
+    with transaction() as tx:
+        service.reply(tx, signer, case_id, data)
     audit(staff, "verification.reply", f"case:{case_id}")
     return service.get_case(session, case_id)
