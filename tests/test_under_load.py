@@ -1,4 +1,4 @@
-"""A burst at one real node: 256 signed peer requests and 40 wrong staff tokens at once.
+"""A burst at one real node: 256 signed peer requests, 40 wrong staff tokens and 40 bad signatures.
 
 Issue 8's "done means": every request is answered without a 5xx, the node stores exactly one
 inbox row for each 202 it answered (and nothing for what it refused), and a valid staff request
@@ -30,6 +30,7 @@ from tests.conftest import NetworkFactory
 PATH = "/peer/v1/verification-requests"
 PEER_REQUESTS = 256
 WRONG_TOKENS = 40
+BAD_SIGNATURES = 40
 PAYLOAD = RequestPayload(
     subject=Subject(id_number="411627199503080024", name="王秀英", sex="F", birth_date="1995-03-08"),  # type: ignore[arg-type]
     topic=Topic.marital_status,
@@ -75,10 +76,21 @@ def _inbox_rows(node: LocalNode, message_ids: list[str]) -> int:
     return len(set(rows) & set(message_ids))
 
 
+def _forged(signer: NodeSigner, recipient: str) -> tuple[str, bytes, dict[str, str]]:
+    """Signed, then changed: the signature no longer covers the body's digest."""
+    message_id, body, headers = _signed(signer, recipient)
+    signature = headers["Signature"]  # yp=:<base64 of 64 bytes>:
+    middle = len(signature) // 2
+    flipped = "A" if signature[middle] != "A" else "B"
+    forged = signature[:middle] + flipped + signature[middle + 1 :]
+    return message_id, body, {**headers, "Signature": forged}
+
+
 async def _burst(
     host: LocalNode, requests: list[tuple[str, bytes, dict[str, str]]], wrong_token: str
 ) -> tuple[list[tuple[str, int]], list[int], int]:
-    limits = httpx.Limits(max_connections=PEER_REQUESTS + WRONG_TOKENS + 1, max_keepalive_connections=0)
+    total = len(requests) + WRONG_TOKENS + 1
+    limits = httpx.Limits(max_connections=total, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=host.url, limits=limits, timeout=120) as client:
 
         async def peer(message_id: str, body: bytes, headers: dict[str, str]) -> tuple[str, int]:
@@ -113,6 +125,8 @@ def test_a_burst_is_answered_without_5xx_and_stored_exactly_once(network: Networ
     signer = _signer(asker)
     requests = [_signed(signer, host.node_id) for _ in range(PEER_REQUESTS)]
     requests.append(requests[0])  # one retry of the same request: a replay, refused, stored once
+    forged = [_forged(signer, host.node_id) for _ in range(BAD_SIGNATURES)]
+    requests += forged
     # The operator has signed in before the flood (the office is at work); the flood names the
     # operator's own account, so that account's failures pass their limit: the known token still works.
     assert host.api("GET", "/api/v1/verification-requests").status_code == 200
@@ -129,4 +143,5 @@ def test_a_burst_is_answered_without_5xx_and_stored_exactly_once(network: Networ
     accepted = {message_id for message_id, status in peers if status == 202}
     assert statuses[202] == PEER_REQUESTS, statuses
     assert statuses[409] == 1, statuses  # the copy is a replay
+    assert statuses[401] == BAD_SIGNATURES, statuses
     assert _inbox_rows(host, [m for m, _, _ in requests]) == len(accepted)
