@@ -40,14 +40,16 @@ STAFF_ERROR_CODES = {
     409: "invalid_state",
     413: "payload_too_large",
     422: "validation_failed",
+    429: "rate_limited (too many failed sign-ins from this address or for this account; see Retry-After)",
     502: "peer_unavailable (the other county's node gave no valid signed answer)",
+    503: "busy (the node is at capacity; see Retry-After)",
 }
 
 
 def staff_errors(*statuses: int, codes: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
-    """The staff API's error answers: 401 and 403 always, then ``statuses`` (``codes`` renames)."""
+    """The staff API's error answers: 401, 403, 429 and 503 always, then ``statuses`` (``codes`` renames)."""
     descriptions = {**STAFF_ERROR_CODES, **(codes or {})}
-    return problem_responses({s: descriptions[s] for s in (401, 403, *statuses)})
+    return problem_responses({s: descriptions[s] for s in sorted({401, 403, 429, 503, *statuses})})
 
 
 def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.clock import utcnow
 from service.db import SessionDep, transaction
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.models import Role
 from service.notices import service
 from service.notices.schemas import NoticePage, NoticeRead
@@ -19,9 +19,7 @@ router = APIRouter(prefix="/api/v1/notices", tags=["notices 待办提醒"])
 @router.get(
     "",
     response_model=NoticePage,
-    responses=problem_responses(
-        {401: "not_authenticated", 403: "forbidden (role)", 422: "validation_failed"}
-    ),
+    responses=staff_errors(422),
 )
 def list_notices(
     session: SessionDep,
@@ -41,7 +39,7 @@ def list_notices(
 @router.post(
     "/{notice_id:int}/read",
     response_model=NoticeRead,
-    responses=problem_responses({401: "not_authenticated", 403: "forbidden (role)", 404: "not_found"}),
+    responses=staff_errors(404),
 )
 def mark_read(notice_id: DbId, staff: Actor) -> NoticeRead:
     """Mark a notice read for its role (the first reader and time are kept)."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import Response
 
 from service.db import SessionDep
-from service.errors import problem_responses
+from service.errors import staff_errors
 from service.sla import report as reports
 from service.sla.schemas import MONTH_PATTERN, MonthlyReport
 from service.staff.dependencies import Reader, Supervisor
@@ -24,9 +24,7 @@ Month = Annotated[
         pattern=MONTH_PATTERN,
     ),
 ]
-ERRORS: dict[int | str, dict[str, Any]] = problem_responses(
-    {401: "not_authenticated", 403: "forbidden (role)", 422: "validation_failed (month)"}
-)
+ERRORS: dict[int | str, dict[str, Any]] = staff_errors(422, codes={422: "validation_failed (month)"})
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
