@@ -9,8 +9,9 @@ signature is checked, no schema validated, nothing signed. It runs as the node d
 serve``: ``uvicorn.run`` of the app, one worker, ``log_config=None``, no access log; a synchronous
 endpoint in Starlette's thread pool; and the node's own engine factory (``service.db.make_engine``:
 on SQLite the same pragmas — WAL, synchronous=NORMAL, busy_timeout — and ``BEGIN IMMEDIATE``; on
-PostgreSQL the same pool). ``POST /peer/v1/batch`` takes ``{"messages": [envelope, …]}`` and
-inserts one row per message in one transaction, for the batch mode of bench/load.py.
+PostgreSQL the same pool). ``POST /peer/v1/batch`` takes ``{"items": ["<envelope>", …]}``
+(docs/protocol.md §18) and inserts one row per message in one transaction, for the batch mode of
+bench/load.py.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the dependencies' Annotated aliases,
@@ -87,8 +88,9 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/peer/v1/batch")
     def batch(body: BodyDep, session: SessionDep) -> Response:
-        messages, now = json.loads(body.decode("utf-8"))["messages"], utcnow()
-        rows = [row(m, canonical_json(m), now) for m in messages]
+        items, now = json.loads(body.decode("utf-8"))["items"], utcnow()
+        messages = [json.loads(item) for item in items]
+        rows = [row(m, item.encode("utf-8"), now) for m, item in zip(messages, items, strict=True)]
         session.execute(insert(bench_message), rows)
         return answer(messages[0]["message_id"], now, count=len(rows))
 

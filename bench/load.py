@@ -61,6 +61,7 @@ from sqlmodel import Session
 from service.clock import utcnow
 from service.config import Settings
 from service.db import make_engine
+from service.exchange.batch import request_body
 from service.exchange.envelope import envelope_body
 from service.localnet import _die_with_parent, build_network, free_port, free_ports
 from service.models import Priority, Topic
@@ -117,26 +118,13 @@ def protected(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def advertises_batch(info: dict[str, Any]) -> bool:
-    """Whether ``GET /peer/v1/node`` offers ``POST /peer/v1/batch``.
-
-    The endpoint does not exist yet; this accepts the usual ways a node could say so: ``batch``
-    in a ``features``/``capabilities``/``extensions`` list, the path in an ``endpoints`` list, or a
-    truthy ``batch`` member (``{"max_messages": 100}``). Adjust it, and ``batch_body`` below, to the
-    form the protocol settles on.
-    """
-    for name in ("features", "capabilities", "extensions"):
-        values = info.get(name)
-        if isinstance(values, list | dict) and "batch" in values:
-            return True
-    endpoints = info.get("endpoints")
-    if isinstance(endpoints, list | dict) and any(str(e).endswith("/batch") for e in endpoints):
-        return True
-    return bool(info.get("batch"))
+    """Whether ``GET /peer/v1/node`` offers ``POST /peer/v1/batch`` (docs/protocol.md §18)."""
+    return "batch" in (info.get("capabilities") or [])
 
 
 def batch_body(envelopes: list[bytes]) -> bytes:
-    """The body of ``POST /peer/v1/batch`` as the bench assumes it: the envelopes, byte for byte."""
-    return b'{"messages":[' + b",".join(envelopes) + b"]}"
+    """The body of ``POST /peer/v1/batch``: ``{"items": ["<envelope>", …]}``, as the relay sends it."""
+    return request_body(envelopes)
 
 
 @dataclass

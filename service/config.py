@@ -77,7 +77,8 @@ class Settings(BaseSettings):
     peer_batch_enabled: bool = True
     peer_batch_max_items: int = Field(default=1000, ge=1, le=1000)
     relay_batch_enabled: bool = True
-    relay_batch_max_items: int = Field(default=1000, ge=2, le=1000)
+    # 500: a batch's answer comes back within a few seconds even on a busy node (peer_timeout_seconds).
+    relay_batch_max_items: int = Field(default=500, ge=2, le=1000)
     relay_capability_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
     # Register import (流动人口个案): largest upload the staff API takes, rows per transaction.

@@ -55,6 +55,7 @@ def _standalone(model: type[BaseModel], title: str, description: str) -> dict[st
 
 def message_schemas() -> dict[str, dict[str, Any]]:
     """File name → JSON Schema, one per peer message type, plus the receipt and the problem."""
+    from service.exchange import batch
     from service.main import PEER_ENDPOINTS
 
     schemas: dict[str, dict[str, Any]] = {}
@@ -80,6 +81,7 @@ def message_schemas() -> dict[str, dict[str, Any]]:
     )
     problem["properties"]["code"]["enum"] = _error_codes()
     schemas["problem.json"] = problem
+    schemas.update(batch.standalone_schemas(PEER_ENDPOINTS, JSON_SCHEMA_DIALECT))
     return schemas
 
 

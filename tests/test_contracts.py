@@ -71,6 +71,7 @@ def test_generation_is_deterministic() -> None:
 
 def test_one_schema_per_peer_message_type_plus_receipt_and_problem() -> None:
     expected = {f"{e.message_type}.json" for e in PEER_ENDPOINTS} | {"receipt.json", "problem.json"}
+    expected |= {"batch.request.json", "batch.response.json"}
     assert {"verification.request.json", "verification.ack.json", "verification.reply.json"} <= expected
     assert {p.name for p in (ROOT / "schemas").glob("*.json")} == expected
 

@@ -125,6 +125,10 @@ class Circuits:
             return closed
         return 0 if now < circuit.open_until else 1
 
+    def closed(self, peer: str) -> bool:
+        circuit = self._circuits.get(peer)
+        return circuit is None or circuit.open_until is None
+
     def not_closed(self) -> set[str]:
         return {peer for peer, circuit in self._circuits.items() if circuit.open_until is not None}
 
@@ -153,6 +157,86 @@ class Circuits:
             circuit.failures,
             (circuit.open_until - now).total_seconds(),
         )
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """How much one batch to a peer may carry (what it advertises, within our own limit)."""
+
+    max_items: int
+    max_body_bytes: int
+
+
+@dataclass
+class _Advertised:
+    batch: BatchLimits | None  # None: single requests only (not advertised, or not known)
+    until: datetime  # read it again after this
+
+
+class PeerCapabilities:
+    """What each peer's ``GET /peer/v1/node`` advertises (docs/protocol.md section 18), as this
+    replica last read it: kept ``ttl``, and an answer that could not be read (the peer down, no
+    valid JSON, another node) counts as "single requests only" for ``retry`` (at most ``ttl``).
+    Unsigned, so it decides only how to send, never what is accepted: a batch to a peer that does
+    not take it is refused as a whole, and then the peer gets single requests again."""
+
+    def __init__(self, ttl: timedelta, max_items: int, retry: timedelta = timedelta(seconds=30)) -> None:
+        self.ttl = ttl
+        self.retry = min(retry, ttl)
+        self.max_items = max_items
+        self._known: dict[str, _Advertised] = {}
+        self._reading: set[str] = set()
+
+    def batch(self, peer: str) -> BatchLimits | None:
+        """The batch limits for ``peer`` if it was last seen to take batches (even if that is stale:
+        ``due`` says when to read again)."""
+        known = self._known.get(peer)
+        return known.batch if known is not None else None
+
+    def batching(self) -> dict[str, BatchLimits]:
+        """The peers last seen to take batches, and their limits."""
+        return {peer: known.batch for peer, known in self._known.items() if known.batch is not None}
+
+    def due(self, peer: str, now: datetime) -> bool:
+        """Whether to read ``peer``'s capabilities (never read, or stale, and not being read now)."""
+        known = self._known.get(peer)
+        return peer not in self._reading and (known is None or known.until <= now)
+
+    def single_only(self, peer: str, now: datetime, ttl: timedelta | None = None) -> None:
+        """``peer`` refused a batch as a whole (or could not be read): single requests for a while."""
+        self._known[peer] = _Advertised(None, now + (ttl or self.ttl))
+
+    def reading(self, peer: str, busy: bool = True) -> None:
+        """``peer`` is being read now (``due`` is False meanwhile), or no longer."""
+        if busy:
+            self._reading.add(peer)
+        else:
+            self._reading.discard(peer)
+
+    async def read(
+        self, client: httpx.AsyncClient, peer: str, base_url: str, timeout: float
+    ) -> BatchLimits | None:
+        """Read ``GET <base_url>/peer/v1/node`` and keep what it says; the batch limits or None."""
+        try:
+            response = await client.get(peer_url(base_url, "/node"), timeout=timeout)
+            limits = self._limits(peer, response.json()) if response.status_code == 200 else None
+            ttl = self.ttl if response.status_code == 200 else self.retry
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("peer capabilities unknown recipient=%s error=%s", peer, type(exc).__name__)
+            limits, ttl = None, self.retry
+        self._known[peer] = _Advertised(limits, utcnow() + ttl)
+        return limits
+
+    def _limits(self, peer: str, info: object) -> BatchLimits | None:
+        if not isinstance(info, dict) or info.get("node_id") != peer:
+            return None
+        capabilities, batch = info.get("capabilities"), info.get("batch")
+        if not isinstance(capabilities, list) or "batch" not in capabilities or not isinstance(batch, dict):
+            return None
+        items, size = batch.get("max_items"), batch.get("max_body_bytes")
+        if type(items) is not int or type(size) is not int or items < 2 or size < 1:
+            return None
+        return BatchLimits(min(items, self.max_items), size)
 
 
 def verify_answer(

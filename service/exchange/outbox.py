@@ -3,6 +3,7 @@ the relay's leases on them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 from uuid import UUID
@@ -137,21 +138,25 @@ def claim_due(
     limit: int,
     room: Mapping[str, int],
     per_peer: int,
+    batch: Mapping[str, int] | None = None,
 ) -> dict[str, str]:
     """Lease up to ``limit`` due messages to ``owner`` until ``until``, oldest due first; flush only.
 
-    ``room`` says how many more a peer may have (none for a peer at 0: it is not even read);
-    any other peer gets up to ``per_peer``. Each claim counts as an attempt. Message id →
-    recipient of the messages now leased to ``owner``. On PostgreSQL the candidates are locked
-    with SKIP LOCKED, so concurrent claims by two replicas are disjoint; on SQLite the write lock
-    taken at BEGIN does it.
+    ``room`` says how many more deliveries a peer may have (none for a peer at 0: it is not even
+    read); any other peer gets up to ``per_peer``. ``batch`` names the peers that take batches
+    and how many messages one delivery may carry: for each delivery such a peer got, its next due
+    messages are leased too, up to that many per delivery (beyond ``limit``). Each claim counts
+    as an attempt. Message id → recipient of the messages now leased to ``owner``, per peer in
+    due order. On PostgreSQL the candidates are locked with SKIP LOCKED, so concurrent claims by
+    two replicas are disjoint; on SQLite the write lock taken at BEGIN does it.
     """
     full = [peer for peer, n in room.items() if n <= 0]
     query = select(OutboxMessage.message_id, OutboxMessage.recipient).where(_due(now))
     if full:
         query = query.where(col(OutboxMessage.recipient).not_in(full))
     query = query.order_by(col(OutboxMessage.next_attempt_at)).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
         query = query.with_for_update(skip_locked=True)
     left = dict(room)
     chosen: dict[str, str] = {}
@@ -161,6 +166,22 @@ def claim_due(
             chosen[message_id] = recipient
     if not chosen:
         return {}
+    for peer, deliveries in Counter(chosen.values()).items():
+        more = deliveries * (batch or {}).get(peer, 1) - deliveries
+        if more <= 0:
+            continue
+        theirs = [m for m, r in chosen.items() if r == peer]
+        top_up = (
+            select(OutboxMessage.message_id)
+            .where(
+                _due(now), col(OutboxMessage.recipient) == peer, col(OutboxMessage.message_id).not_in(theirs)
+            )
+            .order_by(col(OutboxMessage.next_attempt_at))
+            .limit(more)
+        )
+        if postgres:
+            top_up = top_up.with_for_update(skip_locked=True)
+        chosen.update((message_id, peer) for message_id in session.exec(top_up).all())
     session.exec(
         update(OutboxMessage)
         .where(col(OutboxMessage.message_id).in_(chosen), _due(now))
@@ -174,7 +195,8 @@ def claim_due(
         )
     ).all()
     session.flush()
-    return {message_id: chosen[message_id] for message_id in mine}
+    held = set(mine)
+    return {message_id: peer for message_id, peer in chosen.items() if message_id in held}
 
 
 def _held_by(owner: str, message_ids: Collection[str]) -> ColumnElement[bool]:

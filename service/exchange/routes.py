@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Annotated, Any
@@ -12,15 +14,25 @@ from uuid import UUID
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from service.clock import utcnow
-from service.db import SessionDep
-from service.errors import PROBLEM_JSON, DomainError, InvalidMessage, problem_responses
+from service.db import SessionDep, transaction
+from service.errors import PROBLEM_JSON, DomainError, InvalidMessage, NotFound, Replayed, problem_responses
+from service.exchange import batch
+from service.exchange.batch import BatchInfo, BatchResponse
 from service.exchange.envelope import Receipt, canonical_json
-from service.exchange.inbox import Accepted, PeerEndpoint, accept, answer
+from service.exchange.inbox import (
+    Accepted,
+    CheckedItem,
+    PeerEndpoint,
+    accept,
+    accept_batch,
+    answer,
+    check_envelope,
+    nonce_seen,
+)
 from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
 from service.signing.http import sign_response
 from service.signing.node import NodeSigner, node_keys
@@ -62,7 +74,8 @@ def signed(response: Response, signer: NodeSigner) -> Response:
 
 
 def problem_response(error: DomainError) -> Response:
-    return Response(canonical_json(error.problem()), status_code=error.status_code, media_type=PROBLEM_JSON)
+    body = canonical_json(error.problem())
+    return Response(body, status_code=error.status_code, media_type=PROBLEM_JSON, headers=error.headers())
 
 
 def _outcome(route_status: int | None, status: int) -> str:
@@ -116,53 +129,56 @@ class NodeInfo(BaseModel):
     name: str
     keys: list[NodeKeyInfo]
     protocol: str = "yipanqi/1"
+    capabilities: list[str] = Field(
+        default_factory=list, description='optional endpoints this node serves: "batch" (POST /peer/v1/batch)'
+    )
+    batch: BatchInfo | None = Field(
+        default=None, description='the batch limits, when "batch" is a capability'
+    )
 
 
 def _accept_once(
-    session: Session,
     endpoint: PeerEndpoint,
     peer: PeerRequest,
     settings: Any,
     local_node: str,
     path_id: str | None,
 ) -> Accepted:
-    """Accept and commit; a concurrent copy of the same message loses the race and becomes a duplicate."""
+    """Check the message, then store it in one short transaction, committed before the receipt
+    leaves (a receipt is a promise). A concurrent copy of the same message loses the race on the
+    primary key and becomes a duplicate; a rejected request stores nothing (not even its nonce)."""
+    try:
+        envelope = check_envelope(
+            endpoint, peer.body, peer.signature, local_node=local_node, path_request_id=path_id
+        )
+    except DomainError:
+        if nonce_seen(peer.signature):  # rule 7 comes before rule 8: a replay is a replay
+            raise Replayed("this (keyid, nonce) was already used") from None
+        raise
+    expires = peer.signature.expires or utcnow()
+    keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
     for attempt in range(2):
-        now = utcnow()
-        expires = peer.signature.expires or now
-        keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
         try:
-            if endpoint.synchronous:
-                accepted = answer(
+            with transaction() as session:
+                if endpoint.synchronous:
+                    return answer(
+                        session,
+                        endpoint,
+                        envelope,
+                        signature=peer.signature,
+                        now=utcnow(),
+                        nonce_keep_until=keep_until,
+                    )
+                return accept(
                     session,
                     endpoint,
+                    envelope,
                     body=peer.body,
                     signature=peer.signature,
-                    local_node=local_node,
-                    now=now,
+                    now=utcnow(),
                     nonce_keep_until=keep_until,
                 )
-            else:
-                accepted = accept(
-                    session,
-                    endpoint,
-                    body=peer.body,
-                    signature=peer.signature,
-                    local_node=local_node,
-                    path_request_id=path_id,
-                    now=now,
-                    nonce_keep_until=keep_until,
-                )
-            session.commit()  # before the receipt leaves: a receipt is a promise
-            return accepted
-        except DomainError:
-            # SignedPeerRoute turns the error into a response, so the session dependency sees no
-            # exception and would commit what accept() flushed (the nonce): nothing of a rejected
-            # request may be stored.
-            session.rollback()
-            raise
         except IntegrityError:
-            session.rollback()
             if attempt:
                 raise
     raise AssertionError("unreachable")
@@ -172,13 +188,9 @@ def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
     if endpoint.correlated:
 
         def correlated(
-            request_id: UUID,
-            peer: VerifiedPeer,
-            session: SessionDep,
-            settings: SettingsDep,
-            signer: SignerDep,
+            request_id: UUID, peer: VerifiedPeer, settings: SettingsDep, signer: SignerDep
         ) -> Response:
-            accepted = _accept_once(session, endpoint, peer, settings, signer.node_id, str(request_id))
+            accepted = _accept_once(endpoint, peer, settings, signer.node_id, str(request_id))
             return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
 
         # The path names its id as PROTOCOL.md does ({request_id}, {notification_id}, ...).
@@ -186,8 +198,8 @@ def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
         correlated.__annotations__["request_id"] = Annotated[UUID, Path(alias=name)]
         return correlated
 
-    def plain(peer: VerifiedPeer, session: SessionDep, settings: SettingsDep, signer: SignerDep) -> Response:
-        accepted = _accept_once(session, endpoint, peer, settings, signer.node_id, None)
+    def plain(peer: VerifiedPeer, settings: SettingsDep, signer: SignerDep) -> Response:
+        accepted = _accept_once(endpoint, peer, settings, signer.node_id, None)
         return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
 
     return plain
@@ -197,7 +209,7 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
     router = APIRouter(prefix="/peer/v1", tags=["peer"])
 
     @router.get("/node", response_model=NodeInfo, summary="This node's identity and public keys (unsigned)")
-    def node_info(session: SessionDep, signer: SignerDep) -> NodeInfo:
+    def node_info(session: SessionDep, signer: SignerDep, settings: SettingsDep) -> NodeInfo:
         keys = [
             NodeKeyInfo(
                 keyid=k.keyid,
@@ -207,7 +219,12 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             )
             for k in node_keys(session)
         ]
-        return NodeInfo(node_id=signer.node_id, name=signer.name, keys=keys)
+        if not settings.peer_batch_enabled:
+            return NodeInfo(node_id=signer.node_id, name=signer.name, keys=keys)
+        limits = BatchInfo(max_items=settings.peer_batch_max_items, max_body_bytes=settings.max_body_bytes)
+        return NodeInfo(
+            node_id=signer.node_id, name=signer.name, keys=keys, capabilities=[batch.CAPABILITY], batch=limits
+        )
 
     signed_router = APIRouter(route_class=SignedPeerRoute)
     for endpoint in endpoints:
@@ -232,8 +249,126 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
                 }
             },
         )
+    asynchronous = {e.message_type: e for e in endpoints if not e.synchronous}
+    signed_router.add_api_route(
+        batch.PATH,
+        _batch_route(asynchronous),
+        methods=["POST"],
+        status_code=200,
+        summary="Many asynchronous messages in one request, each answered on its own (section 18)",
+        operation_id="batch",
+        name="batch",
+        response_model=BatchResponse,
+        responses={
+            200: {"description": "one signed result per item, in order"},
+            **BATCH_ERRORS,
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": batch.request_schema(
+                            list(asynchronous),
+                            lambda t: f"#/components/schemas/{envelope_schema_name(asynchronous[t])}",
+                        )
+                    }
+                },
+            }
+        },
+    )
     router.include_router(signed_router)
     return router
+
+
+BATCH_ERRORS = problem_responses(
+    {
+        400: "digest_mismatch",
+        401: "signature_missing, signature_invalid, unknown_key, signature_expired",
+        404: "not_found (the node does not serve batches: it does not advertise the capability)",
+        409: "replayed",
+        413: "payload_too_large (the body, or more items than the node's max_items)",
+        415: "unsupported_media_type",
+        422: 'invalid_message (not a batch: not JSON, not {"items": [string, …]}, or no items)',
+    }
+)
+
+
+def _batch_route(endpoints: dict[str, PeerEndpoint]) -> Callable[..., Response]:
+    def batch_of_messages(
+        request: Request, peer: VerifiedPeer, settings: SettingsDep, signer: SignerDep
+    ) -> Response:
+        if not settings.peer_batch_enabled:
+            raise NotFound("no such path")
+        answers = _accept_batch(endpoints, peer, settings, signer.node_id)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:  # each item as its own endpoint counts it (the batch counts too)
+            for answer in answers:
+                metrics.incoming(answer.message_type or "unknown", answer.outcome)
+        refused = Counter(problem_code(a.body) for a in answers if a.status not in (200, 202))
+        if refused:
+            log.warning(
+                "peer batch items rejected count=%d codes=%s endpoint=%s client=%s",
+                sum(refused.values()),
+                ",".join(f"{code}:{n}" for code, n in sorted(refused.items())),
+                "/peer/v1" + batch.PATH,
+                request.client.host if request.client else "-",
+            )
+        body = batch.response_body(answers, key=signer.private_key, keyid=signer.keyid, created=utcnow())
+        return Response(body, status_code=200, media_type="application/json")
+
+    return batch_of_messages
+
+
+# deadlock_detected, serialization_failure: the transaction lost to a concurrent one, nothing else.
+RETRY_SQLSTATES = {"40P01", "40001"}
+
+
+def problem_code(body: bytes) -> str:
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return code if isinstance(code, str) else "unknown"
+
+
+def _accept_batch(
+    endpoints: dict[str, PeerEndpoint], peer: PeerRequest, settings: Any, local_node: str
+) -> list[batch.Answer]:
+    """Check every item first (no transaction), then store the good ones in one short transaction,
+    committed before the answer leaves; the answers in the items' order."""
+    try:
+        texts = batch.read_items(peer.body, settings.peer_batch_max_items)
+    except DomainError:
+        if nonce_seen(peer.signature):  # rule 7 comes before the batch's own checks, as before rule 8
+            raise Replayed("this (keyid, nonce) was already used") from None
+        raise
+    checked = [batch.check_item(text, endpoints, peer.signature, local_node=local_node) for text in texts]
+    good = [item for item in checked if isinstance(item, CheckedItem)]
+    expires = peer.signature.expires or utcnow()
+    keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
+    for attempt in range(2):
+        try:
+            with transaction() as session:
+                outcomes = accept_batch(
+                    session, good, signature=peer.signature, now=utcnow(), nonce_keep_until=keep_until
+                )
+            break
+        except IntegrityError:  # a concurrent request stored one of them first: now a duplicate
+            if attempt:
+                raise
+        except OperationalError as exc:  # PostgreSQL chose this batch to break a deadlock: once more
+            if attempt or getattr(exc.orig, "sqlstate", None) not in RETRY_SQLSTATES:
+                raise
+    stored = iter(outcomes)
+    answers = []
+    for item in checked:
+        if isinstance(item, CheckedItem):
+            message_id, message_type = str(item.envelope.message_id), item.endpoint.message_type
+            answers.append(batch.answer_of(next(stored), message_id, message_type))
+        else:
+            answers.append(batch.answer_of(item.error, item.message_id, item.message_type))
+    return answers
 
 
 def envelope_schema_name(endpoint: PeerEndpoint) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 VERIFICATION_REQUEST = HERE / "verification-request.json"
+BATCH = HERE / "batch.json"  # docs/protocol.md section 18
 
 
 def load(path: Path = VERIFICATION_REQUEST) -> dict[str, Any]:

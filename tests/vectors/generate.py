@@ -1,7 +1,11 @@
-"""Make ``tests/vectors/verification-request.json``, the worked example of docs/protocol.md.
+"""Make ``tests/vectors/verification-request.json`` and ``tests/vectors/batch.json``, the worked
+examples of docs/protocol.md (sections 15 and 18).
 
-    python -m tests.vectors.generate            # (re)write the file
-    python -m tests.vectors.generate --check    # exit 1, naming the file, if it is not what this makes
+    python -m tests.vectors.generate            # (re)write both files
+    python -m tests.vectors.generate --check    # exit 1, naming the file, if one is not what this makes
+
+(``--output`` names another place for the first file, and then only that one is made; ``--batch-output``
+the same for the second.)
 
 Only the inputs are written down here: two fixed test keys, the signing times, the nonce and the
 message. Everything else — the envelope's bytes, Content-Digest, both signature bases,
@@ -16,7 +20,17 @@ Before writing, the generator verifies what it made with the project's verifier,
 ``created + 1``; it writes nothing that the node itself would refuse.
 
 The file is ``json.dumps(indent=2, ensure_ascii=False)`` without a final newline: the form the
-example was first published in, kept so that its bytes never change without a reason.
+example was first published in, kept so that its bytes never change without a reason. The batch
+example is in the same form.
+
+The batch example is one ``POST /peer/v1/batch`` from 410105 to 411627 with four items — the same
+协查 request as the first example, a 通报 (arrival), an item whose ``sender`` is not the signing
+node, and the first item again — and the signed answer: the first item's result is the first
+example's response to the byte (status, receipt body, Signature-Input and Signature), the 通报's
+receipt carries its ack deadline, the third is a signed ``403 sender_mismatch`` problem, and the
+fourth a ``200 duplicate`` receipt. Made from pieces (``service.exchange.batch``, the receipt and
+problem bodies, the deadline rules), like the first; ``tests/exchange/test_batch.py`` checks that a
+node, its clock at the example's time and holding its keys, answers the request with exactly this.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +47,16 @@ from uuid import UUID
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from service.clock import clock
 from service.config import Settings
-from service.exchange.envelope import envelope_body, receipt_body
-from service.models import Priority, Sex, Topic
-from service.signing.http import sign_request, sign_response, verify_request, verify_response
+from service.errors import SenderMismatch
+from service.exchange import batch
+from service.exchange.envelope import canonical_json, envelope_body, receipt_body
+from service.models import NotificationKind, Priority, Sex, Topic
+from service.notifications.schemas import ArrivalDetails, NotificationPayload
+from service.notifications.service import NOTIFICATION
+from service.notifications.service import deadline_rule as notification_deadline_rule
+from service.signing.http import content_digest, sign_request, sign_response, verify_request, verify_response
 from service.signing.keys import b64url, public_key_from_text, public_key_text
 from service.sla.deadlines import due_at
 from service.subjects import Subject
@@ -44,6 +64,7 @@ from service.verification.schemas import RequestPayload
 from service.verification.service import REQUEST, deadline_rule
 
 OUTPUT = Path(__file__).resolve().parent / "verification-request.json"
+BATCH_OUTPUT = Path(__file__).resolve().parent / "batch.json"
 HEADERS = ("Content-Type", "Content-Digest", "Signature-Input", "Signature")
 
 # Kept as first published: "PROTOCOL.md" is the first edition of docs/protocol.md. Rewording it would
@@ -77,6 +98,23 @@ PAYLOAD = RequestPayload(
     key_target=False,
     question="请核实该对象婚育情况。",
     reference="JS-2026-000123",
+)
+
+
+# The batch example: the same keys and times; a 通报 besides the 协查 request, and a stranger's item.
+BATCH_PATH = "/peer/v1" + batch.PATH
+BATCH_NONCE = b64url(b"nonce-0000000002")
+NOTIFICATION_ID = UUID("0190f3c2-7d4e-7a31-9c55-2b1f0e6a4d11")
+FOREIGN_ID = UUID("0190f3c2-7d4e-7a31-9c55-2b1f0e6a4d12")
+STRANGER = "310110"  # 杨浦区: named as the sender of the third item, which 410105 signs
+ARRIVED = date(2026, 11, 20)
+BATCH_ABOUT = (
+    "Worked example of docs/protocol.md section 18: one POST /peer/v1/batch from 410105 to 411627 with "
+    "four items (the 协查 request of verification-request.json, an arrival 通报, an item whose sender is "
+    "not the signing node, the first item again) and the signed answer, one result per item: each is the "
+    "answer the item's own endpoint would give, with that answer's own signature (the first is "
+    "verification-request.json's response, byte for byte). Same test keys, times and verification rule "
+    "as verification-request.json (clock at created + 1, 2026-11-22T01:30:01Z)."
 )
 
 
@@ -200,6 +238,155 @@ def build() -> dict[str, Any]:
     return vector
 
 
+def _notification_payload() -> NotificationPayload:
+    """Validated as the receiver would, on the example's day (its dates must not lie in the future)."""
+    frozen, offset = clock._frozen, clock._offset  # put back exactly as found
+    clock.freeze(RECEIVED)
+    try:
+        return NotificationPayload(
+            subject=PAYLOAD.subject,
+            kind=NotificationKind.arrival,
+            occurred_on=ARRIVED,
+            details=ArrivalDetails(arrived_on=ARRIVED),
+        )
+    finally:
+        clock._frozen, clock._offset = frozen, offset
+
+
+def build_batch() -> dict[str, Any]:
+    """The batch example, made by the project's code from the inputs above."""
+    sender, receiver = ASKER.split("/")[0], ANSWERER.split("/")[0]
+    request = envelope_body(
+        message_id=MESSAGE_ID,
+        type=REQUEST,
+        sender=sender,
+        recipient=receiver,
+        sent_at=CREATED,
+        correlation_id=None,
+        payload=PAYLOAD,
+    )
+    notification_payload = _notification_payload()
+    notification = envelope_body(
+        message_id=NOTIFICATION_ID,
+        type=NOTIFICATION,
+        sender=sender,
+        recipient=receiver,
+        sent_at=CREATED,
+        correlation_id=None,
+        payload=notification_payload,
+    )
+    foreign = envelope_body(
+        message_id=FOREIGN_ID,
+        type=NOTIFICATION,
+        sender=STRANGER,
+        recipient=receiver,
+        sent_at=CREATED,
+        correlation_id=None,
+        payload=notification_payload,
+    )
+    items = [request, notification, foreign, request]
+    body = batch.request_body(items)
+    asker = RecordingKey(private_key(ASKER))
+    request_headers = _exactly(
+        sign_request(
+            method="POST",
+            path=BATCH_PATH,
+            body=body,
+            key=asker,
+            keyid=ASKER,
+            created=CREATED,
+            lifetime=LIFETIME,
+            nonce=BATCH_NONCE,
+        )
+    )
+    # The receiver's policy with default settings (the environment ignored), as in build().
+    settings = Settings.model_construct()
+    request_due = due_at(RECEIVED, deadline_rule(settings, PAYLOAD.topic, PAYLOAD.priority))
+    notification_due = due_at(RECEIVED, notification_deadline_rule(settings, notification_payload.kind))
+
+    def receipt(message: bytes, message_id: UUID, status: str, due: datetime | None) -> bytes:
+        return receipt_body(
+            message_id=str(message_id),
+            status=status,
+            received_at=RECEIVED,
+            digest=batch.sha256_digest(message),
+            due_at=due,
+        )
+
+    mismatch = SenderMismatch(f"sender {STRANGER} is not the signing node {sender}")
+    answers = [
+        batch.Answer(str(MESSAGE_ID), 202, receipt(request, MESSAGE_ID, "accepted", request_due)),
+        batch.Answer(
+            str(NOTIFICATION_ID), 202, receipt(notification, NOTIFICATION_ID, "accepted", notification_due)
+        ),
+        batch.Answer(str(FOREIGN_ID), mismatch.status_code, canonical_json(mismatch.problem())),
+        batch.Answer(str(MESSAGE_ID), 200, receipt(request, MESSAGE_ID, "duplicate", request_due)),
+    ]
+    answerer = private_key(ANSWERER)
+    response = batch.response_body(answers, key=answerer, keyid=ANSWERER, created=RECEIVED)
+    recording = RecordingKey(answerer)
+    response_headers = _exactly(
+        sign_response(
+            status=200,
+            body=response,
+            key=recording,
+            keyid=ANSWERER,
+            created=RECEIVED,
+            content_type=CONTENT_TYPE,
+        )
+    )
+    vector = {
+        "about": BATCH_ABOUT,
+        "keys": {
+            keyid: {
+                "private_seed_hex": seed.hex(),
+                "public_key": public_key_text(private_key(keyid).public_key()),
+            }
+            for keyid, seed in SEEDS.items()
+        },
+        "items": [item.decode("utf-8") for item in items],
+        "request": {
+            "method": "POST",
+            "path": BATCH_PATH,
+            "headers": request_headers,
+            "body": body.decode("utf-8"),
+            "signature_base": _signed_once(asker),
+        },
+        "response": {
+            "status": 200,
+            "headers": response_headers,
+            "body": response.decode("utf-8"),
+            "signature_base": _signed_once(recording),
+        },
+    }
+    self_check(vector)
+    self_check_batch(vector)
+    return vector
+
+
+def self_check_batch(vector: Mapping[str, Any]) -> None:
+    """Every item's result verifies on its own, as a response signed by 411627 (raises if not)."""
+    key = public_key_from_text(vector["keys"][ANSWERER]["public_key"])
+    results = json.loads(vector["response"]["body"])["results"]
+    if len(results) != len(vector["items"]):
+        raise AssertionError("one result per item")
+    for result in results:
+        status, body = result["status"], result["body"].encode("utf-8")
+        verify_response(
+            status=status,
+            headers=[
+                ("Content-Type", batch.content_type_of(status)),
+                ("Content-Digest", content_digest(body)),
+                ("Signature-Input", result["signature_input"]),
+                ("Signature", result["signature"]),
+            ],
+            body=body,
+            resolve_key=lambda keyid: key if keyid == ANSWERER else None,
+            expected_node=ANSWERER.split("/")[0],
+            now=RECEIVED + timedelta(seconds=1),
+        )
+
+
 def self_check(vector: Mapping[str, Any]) -> None:
     """The node's own verifier accepts both messages with its clock at created + 1 (raises if not)."""
     keys = {keyid: public_key_from_text(k["public_key"]) for keyid, k in vector["keys"].items()}
@@ -232,10 +419,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m tests.vectors.generate", description="Make the protocol's worked example."
     )
     parser.add_argument("--check", action="store_true", help="compare, do not write; exit 1 if it differs")
-    parser.add_argument("--output", type=Path, default=OUTPUT, help=f"default: tests/vectors/{OUTPUT.name}")
+    parser.add_argument("--output", type=Path, default=None, help=f"default: tests/vectors/{OUTPUT.name}")
+    parser.add_argument(
+        "--batch-output", type=Path, default=None, help=f"default: tests/vectors/{BATCH_OUTPUT.name}"
+    )
     args = parser.parse_args(argv)
-    made, target = render(build()), args.output
-    if args.check:
+    jobs: list[tuple[Path, Callable[[], dict[str, Any]]]] = []
+    if args.output is not None or args.batch_output is None:
+        jobs.append((args.output or OUTPUT, build))
+    if args.batch_output is not None or args.output is None:
+        jobs.append((args.batch_output or BATCH_OUTPUT, build_batch))
+    status = 0
+    for target, make in jobs:
+        status = max(status, _one(target, render(make()), check=args.check))
+    return status
+
+
+def _one(target: Path, made: bytes, *, check: bool) -> int:
+    if check:
         if not target.is_file():
             print(f"{target}: missing; run `python -m tests.vectors.generate`", file=sys.stderr)
             return 1
