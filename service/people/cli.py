@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from service.config import get_settings
-from service.db import new_session
+from service.db import read_session
 from service.errors import DomainError
 from service.people import importer
 from service.people.schemas import ImportReport
@@ -21,28 +21,25 @@ SHOWN_ROWS = 200  # the rest of a long list of bad rows is counted, not printed
 def run_import(console: Console, path: Path, *, dry_run: bool, staff_username: str) -> int:
     """Import ``path``; print the report; 0 when every row was good, 1 when some were bad, 2 if refused."""
     settings = get_settings()
-    with new_session() as session:
+    with read_session() as session:
         signer = load_signer(session, settings.keys_dir)
-        try:
-            table = importer.read_table(path.read_bytes())
-        except DomainError as exc:
-            console.print(f"[red]file refused:[/red] {exc.detail}")
-            return 2
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("checking" if dry_run else "importing", total=table.total)
-            report = importer.import_people(
-                session,
-                signer,
-                table,
-                staff_username,
-                dry_run=dry_run,
-                batch_size=settings.people_import_batch_size,
-                commit=session.commit,
-                progress=lambda done: progress.update(task, completed=done),
-            )
-            progress.update(task, completed=report.rows, total=report.rows)
-        session.commit()
+    try:
+        table = importer.read_table(path.read_bytes())
+    except DomainError as exc:
+        console.print(f"[red]file refused:[/red] {exc.detail}")
+        return 2
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("checking" if dry_run else "importing", total=table.total)
+        report = importer.import_people(
+            signer,
+            table,
+            staff_username,
+            dry_run=dry_run,
+            batch_size=settings.people_import_batch_size,
+            progress=lambda done: progress.update(task, completed=done),
+        )
+        progress.update(task, completed=report.rows, total=report.rows)
     print_report(console, report)
     return 1 if report.bad else 0
 

@@ -1,7 +1,9 @@
 """Bulk import of the register from CSV (UTF-8 or GBK/GB18030) or XLSX, shared by the CLI and the API.
 
 Every row is validated; a bad row is reported by line with field and reason (never the value) and
-nothing of it is stored; good rows are stored in batches, one transaction each (the caller commits).
+nothing of it is stored; good rows are stored in chunks, one short write transaction each, with
+set-based statements (``bulk.py``). Rows are read, checked and encoded with no transaction open
+(docs/storage.md).
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
-from sqlalchemy import insert as sa_insert
-from sqlmodel import Session
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
 from service.certificates import service as certificates
-from service.errors import DomainError, ProblemField
+from service.clock import utcnow
+from service.db import get_engine, read_session, transaction
+from service.errors import DomainError, ProblemField, ServiceBusy
 from service.models import ContraceptionMethod, MaritalStatus, Person
-from service.people import service
+from service.people import bulk, service
 from service.people.schemas import BadRow, ImportReport, LookalikeRow, PersonCreate, check, today
 from service.signing.node import NodeSigner
 
@@ -216,101 +220,250 @@ def parse_row(
     return (None, errors) if errors else (person, [])
 
 
+# --- the import: rows read and checked outside any transaction, each chunk stored in one short one ---
+
+PROGRESS_EVERY = 500  # rows read between two calls of ``progress`` (and after each chunk)
+
+
+class _Row(NamedTuple):
+    """What storing a good row needs besides its columns (the record itself is let go once
+    encoded: a chunk waiting to be stored holds plain values, little for the garbage collector)."""
+
+    line: int
+    id_number: str
+    name: str
+    birth_date: date
+    sex: str
+    arrival_here: bool  # an arrival at this node: may queue the arrival notification
+    origin_here: bool  # registered at her origin with a marital status: may issue the certificate
+
+    @property
+    def key(self) -> bulk.LookalikeKey:
+        return self.name, self.birth_date, self.sex
+
+
 @dataclass
-class _Run:
-    session: Session
-    signer: NodeSigner
-    staff_username: str
-    dry_run: bool
-    report: ImportReport
-    pending: list[tuple[int, PersonCreate]] = field(default_factory=list)
-    first_line: dict[str, int] = field(default_factory=dict)  # ID number → line it first appeared on
+class _Chunk:
+    """Good rows not seen before in the file, in file order, and their columns as stored."""
 
-    def bad(self, line: int, errors: list[ProblemField]) -> None:
-        self.report.bad_rows.append(BadRow(line=line, errors=errors))
+    rows: list[_Row]
+    values: list[tuple[Any, ...]]  # bulk.COLUMNS of each row, encoded for the database
 
-    def flush(self) -> None:
-        """Store the pending rows not registered already; report look-alikes; queue arrival notices."""
-        known = service.existing_ids(self.session, [d.id_number for _, d in self.pending])
-        good: list[tuple[int, dict[str, Any]]] = []
-        for line, data in self.pending:
-            if data.id_number in known:
-                reason = f"duplicate_person: registered already as person {known[data.id_number]}"
-                self.bad(line, [ProblemField(field="id_number", reason=reason)])
+
+@dataclass
+class _Outcome:
+    """What storing (or, in a dry run, checking) a chunk adds to the report."""
+
+    bad_rows: list[BadRow] = field(default_factory=list)
+    possible_duplicates: list[LookalikeRow] = field(default_factory=list)
+    stored: int = 0
+    notifications: int = 0
+    certificates: int = 0
+
+
+class _Reader:
+    """Reads and checks the rows, handing over chunks of ``batch_size`` good rows encoded for the
+    database; bad rows, and numbers repeated within the file, are kept for the report."""
+
+    def __init__(
+        self,
+        table: Table,
+        batch_size: int,
+        encoder: bulk.Encoder,
+        here: str,
+        staff_username: str,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.table = table
+        self.batch_size = batch_size
+        self.encoder = encoder
+        self.here = here
+        self.staff_username = staff_username
+        self.progress = progress
+        self.rows = 0  # rows read so far (blank ones not counted)
+        self.bad_rows: list[BadRow] = []
+        self.first_line: dict[str, int] = {}  # ID number → the line it first appeared on
+
+    def chunks(self) -> Iterator[_Chunk]:
+        day, here = today(), self.here
+        chunk = _Chunk([], [])
+        meta: tuple[Any, ...] = ()
+        for line, cells in self.table.rows:
+            if not any(c is not None and (not isinstance(c, str) or c.strip()) for c in cells):
+                continue  # blank lines, and the empty rows a spreadsheet keeps at its end
+            self.rows += 1
+            person, errors = parse_row(self.table.fields, cells, day)
+            if person is None:
+                self.bad_rows.append(BadRow(line=line, errors=errors))
+            elif person.id_number in self.first_line:
+                first = self.first_line[person.id_number]
+                self.bad_rows.append(_duplicate(line, f"the same ID number is on line {first}"))
             else:
-                good.append((line, service.person_row(data, self.staff_username)))
-        self.pending = []
-        ids: list[int | None] = [None] * len(good)
-        if good and not self.dry_run:
-            # One executemany for the batch (ORM objects row by row cost twice as much), then the ids.
-            self.session.execute(sa_insert(Person), [row for _, row in good])
-            stored = service.existing_ids(self.session, [row["id_number"] for _, row in good])
-            ids = [stored[row["id_number"]] for _, row in good]
-        similar = service.lookalikes_of(self.session, {(row["name"], row["birth_date"]) for _, row in good})
-        for (line, row), pid in zip(good, ids, strict=True):
-            key = (row["name"], row["birth_date"], str(row["sex"]))
-            others = [i for i in similar.get(key, []) if i != pid]
-            if others:
-                match = LookalikeRow(line=line, id=pid, possible_duplicates=others)
-                self.report.possible_duplicates.append(match)
-            if pid is not None and row["arrived_on"] and row["host_node"] == self.signer.node_id:
-                person = self.session.get(Person, pid)
-                if person is not None and service.notify_if_arrived(
-                    self.session, self.signer, person, self.staff_username
-                ):
-                    self.report.notifications += 1
-            if pid is not None and row["origin_node"] == self.signer.node_id and row["marital_status"]:
-                # 信息登记入库即视为婚育证明办理: registered at her origin, she holds the certificate.
-                person = self.session.get(Person, pid)
-                if person is not None and certificates.sync_certificate(
-                    self.session, person, self.staff_username, "registered (import)"
-                ):
-                    self.report.certificates += 1
-        self.report.stored += 0 if self.dry_run else len(good)
+                self.first_line[person.id_number] = line
+                if not chunk.rows:  # the chunk's time stamp
+                    meta = self.encoder.meta(utcnow(), self.staff_username)
+                origin = person.origin_node or person.id_number[:6]
+                chunk.rows.append(
+                    _Row(
+                        line,
+                        person.id_number,
+                        person.name,
+                        person.birth_date,
+                        str(person.sex),
+                        person.arrived_on is not None and person.host_node == here,
+                        origin == here and person.marital_status is not None,
+                    )
+                )
+                chunk.values.append(self.encoder.encode(person, meta))
+            if len(chunk.rows) >= self.batch_size:
+                yield chunk
+                chunk = _Chunk([], [])
+            elif self.progress is not None and self.rows % PROGRESS_EVERY == 0:
+                self.progress(self.rows)
+        if chunk.rows:
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self.table.rows, "close", None)
+        if close is not None:
+            close()  # an XLSX workbook is closed even when the import stops early
 
 
 def import_people(
-    session: Session,
     signer: NodeSigner,
     table: Table,
     staff_username: str,
     *,
+    engine: Engine | None = None,
     dry_run: bool = False,
     batch_size: int = 1000,
-    commit: Callable[[], None] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
-    """Validate every row of ``table``; store the good ones batch by batch (``commit`` after each)."""
+    """Check every row of ``table``; store the good ones chunk by chunk, one short transaction each.
+
+    A row is bad when it does not validate, repeats an ID number from an earlier line, or has a
+    number that is registered already (reported with that record's id); nothing of a bad row is
+    stored, so importing the same file again stores nothing. Look-alikes (same name, birth date
+    and sex under another number) are reported for each stored row. Each chunk is read, parsed
+    and encoded with no transaction open; its transaction does only the database work. A dry run
+    checks the same (numbers registered already and look-alikes included) in read sessions: it
+    stores nothing and never takes the write lock. ``progress`` hears the rows read so far.
+    """
+    engine = engine or get_engine()
+    encoder = bulk.Encoder(engine.dialect)
     report = ImportReport(format=table.format, encoding=table.encoding, dry_run=dry_run, rows=0, stored=0,
                           bad=0, bad_rows=[], possible_duplicates=[], notifications=0)  # fmt: skip
-    run = _Run(session, signer, staff_username, dry_run, report)
-    day = today()
-    for line, cells in table.rows:
-        if all(c is None or (isinstance(c, str) and not c.strip()) for c in cells):
-            continue  # blank lines, and the empty rows a spreadsheet keeps at its end
-        report.rows += 1
-        person, errors = parse_row(table.fields, cells, day)
-        if person is None:
-            run.bad(line, errors)
-        elif person.id_number in run.first_line:
-            reason = f"duplicate_person: the same ID number is on line {run.first_line[person.id_number]}"
-            run.bad(line, [ProblemField(field="id_number", reason=reason)])
-        else:
-            run.first_line[person.id_number] = line
-            run.pending.append((line, person))
-        if len(run.pending) >= batch_size:
-            _end_batch(run, commit, progress)
-        elif progress is not None and report.rows % 500 == 0:
-            progress(report.rows)
-    _end_batch(run, commit, progress)
+    reader = _Reader(table, batch_size, encoder, signer.node_id, staff_username, progress)
+    try:
+        for chunk in reader.chunks():
+            if dry_run:
+                with read_session(engine) as session:
+                    outcome = _flush(session, encoder, signer, staff_username, chunk, store=False)
+            else:
+                outcome = _store(engine, encoder, signer, staff_username, chunk)
+            report.bad_rows += outcome.bad_rows
+            report.possible_duplicates += outcome.possible_duplicates
+            report.stored += outcome.stored
+            report.notifications += outcome.notifications
+            report.certificates += outcome.certificates
+            if progress is not None:
+                progress(reader.rows)
+    finally:
+        reader.close()
+    report.rows = reader.rows
+    report.bad_rows += reader.bad_rows
     report.bad_rows.sort(key=lambda b: b.line)
     report.bad = len(report.bad_rows)
+    if progress is not None:
+        progress(report.rows)
     return report
 
 
-def _end_batch(run: _Run, commit: Callable[[], None] | None, progress: Callable[[int], None] | None) -> None:
-    run.flush()
-    if commit is not None and not run.dry_run:
-        commit()
-    if progress is not None:
-        progress(run.report.rows)
+STORE_ATTEMPTS = 3  # a chunk whose numbers concurrent imports keep registering: then 503, try again
+
+
+def _store(
+    engine: Engine, encoder: bulk.Encoder, signer: NodeSigner, staff_username: str, chunk: _Chunk
+) -> _Outcome:
+    """The chunk in one write transaction; run again if a concurrent import registered one of its
+    numbers after the check (PostgreSQL), which the next check then finds registered already."""
+    for _ in range(STORE_ATTEMPTS):
+        try:
+            with transaction(engine) as session:
+                return _flush(session, encoder, signer, staff_username, chunk, store=True)
+        except bulk.Conflict:
+            continue
+    raise ServiceBusy("another import is registering the same ID numbers; try again shortly", retry_after=1)
+
+
+def _flush(
+    session: Session,
+    encoder: bulk.Encoder,
+    signer: NodeSigner,
+    staff_username: str,
+    chunk: _Chunk,
+    *,
+    store: bool,
+) -> _Outcome:
+    """Store the chunk's rows whose numbers are not registered yet (``store``), or only check them;
+    report look-alikes; queue the arrival notices and issue the certificates the stored rows call for.
+    Database work only: the rows were parsed and encoded before."""
+    outcome = _Outcome()
+    rows = chunk.rows
+    known = bulk.existing(session, encoder, [row.id_number for row in rows])
+    new = [row for row in rows if row.id_number not in known] if known else rows
+    # Look-alikes registered before this chunk, read before it is stored; the chunk's own rows are
+    # matched among themselves below: the answer a query after the insert gives, with fewer rows.
+    values = chunk.values
+    if known:
+        values = [v for row, v in zip(rows, values, strict=True) if row.id_number not in known]
+    similar = bulk.lookalikes(session, encoder, values)
+    ids: dict[str, int] = {}
+    if store and new:
+        ids = bulk.insert(session, encoder, values)
+        if len(ids) < len(new):  # registered meanwhile by another import (the insert skipped them)
+            raced = [row.id_number for row in new if row.id_number not in ids]
+            known.update(bulk.existing(session, encoder, raced))
+            new = [row for row in new if row.id_number in ids]
+    for row in rows if known else ():
+        if row.id_number in known:
+            outcome.bad_rows.append(
+                _duplicate(row.line, f"registered already as person {known[row.id_number]}")
+            )
+    own: dict[bulk.LookalikeKey, list[int]] = {}  # the chunk's stored rows by look-alike key
+    for row in new:
+        if row.id_number in ids:
+            own.setdefault(row.key, []).append(ids[row.id_number])
+    stored = _load(
+        session, [ids[r.id_number] for r in new if r.id_number in ids and (r.arrival_here or r.origin_here)]
+    )
+    for row in new:
+        pid = ids.get(row.id_number)
+        mine, theirs = own.get(row.key, ()), similar.get(row.key, ())
+        if len(mine) > 1 or theirs:
+            others = sorted({*theirs, *mine} - {pid})
+            if others:
+                match = LookalikeRow(line=row.line, id=pid, possible_duplicates=others)
+                outcome.possible_duplicates.append(match)
+        record = stored.get(pid) if pid is not None else None
+        if record is None:
+            continue
+        if row.arrival_here and service.notify_if_arrived(session, signer, record, staff_username):
+            outcome.notifications += 1
+        if row.origin_here and certificates.sync_certificate(
+            session, record, staff_username, "registered (import)"
+        ):
+            # 信息登记入库即视为婚育证明办理: registered at her origin, she holds the certificate.
+            outcome.certificates += 1
+    outcome.stored = len(new) if store else 0
+    return outcome
+
+
+def _duplicate(line: int, why: str) -> BadRow:
+    return BadRow(line=line, errors=[ProblemField(field="id_number", reason=f"duplicate_person: {why}")])
+
+
+def _load(session: Session, ids: list[int]) -> dict[int, Person]:
+    if not ids:
+        return {}
+    return {p.id: p for p in session.exec(select(Person).where(col(Person.id).in_(ids))) if p.id is not None}

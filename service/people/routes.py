@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, UploadFile
 
-from service.db import SessionDep
+from service.db import SessionDep, transaction
 from service.errors import PayloadTooLarge, staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.people import importer, service
@@ -32,8 +32,9 @@ def create(data: PersonCreate, session: SessionDep, signer: SignerDep, staff: Ac
 
     An arrival at this node from another county sends the arrival notification (流入通报) by itself.
     """
-    person, _ = service.create_person(session, signer, data, staff.username)
-    session.commit()
+    service.validate(data)  # the rules first, outside the transaction
+    with transaction() as tx:
+        person, _ = service.create_person(tx, signer, data, staff.username)
     assert person.id is not None
     audit(staff, "people.create", f"person:{person.id}")
     return service.get_person(session, person.id)
@@ -74,7 +75,6 @@ def search(
 @router.post("/import", response_model=ImportReport, responses=_errors(413, 422))
 def import_file(
     file: UploadFile,
-    session: SessionDep,
     signer: SignerDep,
     settings: SettingsDep,
     staff: Actor,
@@ -84,21 +84,16 @@ def import_file(
 
     Nothing of a bad row is stored; good rows are stored batch by batch; ``dry_run`` stores nothing.
     """
+    # Each batch in a short transaction of its own, the file read and checked outside any
+    # (importer.import_people): the node answers other requests meanwhile.
     limit = settings.people_import_max_bytes
     content = file.file.read(limit + 1)
     if len(content) > limit:
         raise PayloadTooLarge(f"the file is larger than {limit} bytes")
     table = importer.read_table(content)
     report = importer.import_people(
-        session,
-        signer,
-        table,
-        staff.username,
-        dry_run=dry_run,
-        batch_size=settings.people_import_batch_size,
-        commit=session.commit,
+        signer, table, staff.username, dry_run=dry_run, batch_size=settings.people_import_batch_size
     )
-    session.commit()
     audit(staff, "people.import", f"rows:{report.rows} stored:{report.stored} bad:{report.bad}")
     return report
 
@@ -114,8 +109,8 @@ def read(person_id: DbId, session: SessionDep, staff: Reader) -> PersonRead:
 @router.patch("/{person_id:int}", response_model=PersonRead, responses=_errors(404, 409, 422))
 def update(person_id: DbId, data: PersonUpdate, session: SessionDep, staff: Actor) -> PersonRead:
     """Change the fields given; the whole record is checked again."""
-    service.update_person(session, person_id, data, staff.username)
-    session.commit()
+    with transaction() as tx:
+        service.update_person(tx, person_id, data, staff.username)
     audit(staff, "people.update", f"person:{person_id}")
     return service.get_person(session, person_id)
 
@@ -123,7 +118,7 @@ def update(person_id: DbId, data: PersonUpdate, session: SessionDep, staff: Acto
 @router.post("/{person_id:int}/merge", response_model=PersonRead, responses=_errors(404, 409, 422))
 def merge(person_id: DbId, data: MergeRequest, session: SessionDep, staff: Supervisor) -> PersonRead:
     """清理重复人口信息: keep this record, fold ``duplicate_id`` into it (supervisor or admin)."""
-    service.merge(session, person_id, data.duplicate_id, staff.username)
-    session.commit()
+    with transaction() as tx:
+        service.merge(tx, person_id, data.duplicate_id, staff.username)
     audit(staff, "people.merge", f"person:{person_id} duplicate:{data.duplicate_id}")
     return service.get_person(session, person_id)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, tuple_
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from service import idnumbers
@@ -240,28 +240,3 @@ def merge(session: Session, keep_id: int, duplicate_id: int, staff_username: str
     session.add_all([keep, duplicate])
     session.flush()
     return keep
-
-
-def existing_ids(session: Session, id_numbers: Sequence[str]) -> dict[str, int]:
-    """ID number → record id for those already registered (one query)."""
-    if not id_numbers:
-        return {}
-    rows = session.exec(select(Person.id_number, Person.id).where(col(Person.id_number).in_(id_numbers)))
-    return {number: pid for number, pid in rows if pid is not None}
-
-
-def lookalikes_of(
-    session: Session, keys: Iterable[tuple[str, date]]
-) -> dict[tuple[str, date, str], list[int]]:
-    """(name, birth_date, sex) → ids of unmerged records with one of the (name, birth_date) ``keys``."""
-    wanted = sorted(set(keys))
-    if not wanted:
-        return {}
-    query = select(col(Person.id), col(Person.name), col(Person.birth_date), col(Person.sex)).where(
-        tuple_(col(Person.name), col(Person.birth_date)).in_(wanted), col(Person.merged_into).is_(None)
-    )
-    found: dict[tuple[str, date, str], list[int]] = {}
-    for pid, name, birth, sex in session.exec(query):
-        if pid is not None:
-            found.setdefault((name, birth, str(sex)), []).append(pid)
-    return found

@@ -1,4 +1,5 @@
-"""Fixtures for the register's service-level tests: a throwaway SQLite database per test."""
+"""Fixtures for the register's service-level tests: a throwaway database per test (SQLite; the
+import's tests also on PostgreSQL when ``YIPANQI_TEST_DATABASE_URL`` is set)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from tests.people import factories
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     yield from factories.database(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A fresh register on SQLite, then on PostgreSQL (skipped without a server)."""
+    url = request.getfixturevalue("postgres").new_database() if request.param == "postgres" else None
+    yield from factories.database(tmp_path, url)
 
 
 @pytest.fixture

@@ -48,8 +48,10 @@ def signer(node_id: str = HERE) -> NodeSigner:
     )
 
 
-def database(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'register.db'}")
+def database(tmp_path: Path, url: str | None = None) -> Iterator[Engine]:
+    """A fresh register (SQLite in ``tmp_path`` unless ``url`` names another database) that
+    knows 太康县 as a peer."""
+    engine = make_engine(url or f"sqlite:///{tmp_path / 'register.db'}")
     SQLModel.metadata.create_all(engine)
     with Session(engine) as session:
         session.add(Peer(node_id=ORIGIN, name="太康县", url="http://127.0.0.1:1"))
