@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import operator
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
 from functools import lru_cache
@@ -57,15 +58,17 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
-class _Backend:
-    def insert(self, session: Session, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
-        raise NotImplementedError
+class _Backend(ABC):
+    """The three statements of a chunk, in each database's own bulk form."""
 
-    def existing(self, session: Session, id_numbers: Sequence[str]) -> list[tuple[str, int]]:
-        raise NotImplementedError
+    @abstractmethod
+    def insert(self, session: Session, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]: ...
 
-    def lookalikes(self, session: Session, keys: list[list[Any]]) -> list[tuple[int, str, date, Any]]:
-        raise NotImplementedError
+    @abstractmethod
+    def existing(self, session: Session, id_numbers: Sequence[str]) -> list[tuple[str, int]]: ...
+
+    @abstractmethod
+    def lookalikes(self, session: Session, keys: list[list[Any]]) -> list[tuple[int, str, date, Any]]: ...
 
 
 class _SQLite(_Backend):
@@ -161,7 +164,7 @@ class Encoder:
         elif dialect.name == "postgresql":
             self.backend = _PostgreSQL()
         else:
-            raise NotImplementedError(f"no bulk import for {dialect.name}")
+            raise ValueError(f"the register import supports SQLite and PostgreSQL, not {dialect.name}")
         self._processors: dict[int, Callable[[Any], Any]] = {}
         for i, name in enumerate(COLUMNS):
             processor = TABLE.c[name].type.dialect_impl(dialect).bind_processor(dialect)
