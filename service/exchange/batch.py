@@ -20,9 +20,6 @@ second, so the response signature of an item is made here directly (the same byt
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,7 +28,6 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -42,9 +38,6 @@ from service.errors import (
     InvalidMessage,
     PayloadTooLarge,
     Problem,
-    SignatureExpired,
-    SignatureInvalid,
-    UnknownKey,
 )
 from service.exchange.envelope import Receipt, canonical_json
 from service.exchange.inbox import (
@@ -55,7 +48,7 @@ from service.exchange.inbox import (
     load_json,
     validate_envelope,
 )
-from service.signing.http import ALG, LABEL, RESPONSE_COMPONENTS, TAG, VerifiedSignature, verify_response
+from service.signing.http import VerifiedSignature, content_digest, sign_response, verify_response
 
 PATH = "/batch"  # below /peer/v1
 CAPABILITY = "batch"  # in GET /peer/v1/node "capabilities"
@@ -201,46 +194,19 @@ def standalone_schemas(endpoints: Sequence[PeerEndpoint], dialect: str) -> dict[
 # --- one item's answer, signed on its own -----------------------------------------------------------
 
 
-def sha256_digest(body: bytes) -> str:
-    """``Content-Digest`` of ``body`` (what ``service.signing.http.content_digest`` writes)."""
-    return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii") + ":"
-
-
 def content_type_of(status: int) -> str:
     return JSON if status in (200, 202) else PROBLEM_JSON
-
-
-_COMPONENTS = "(" + " ".join(f'"{c}"' for c in RESPONSE_COMPONENTS) + ")"
-
-
-def _params(created: int, keyid: str) -> str:
-    return f'{_COMPONENTS};created={created};keyid="{keyid}";alg="{ALG}";tag="{TAG}"'
-
-
-def _base(status: int, content_type: str, digest: str, params: str) -> bytes:
-    return (
-        f'"@status": {status}\n"content-type": {content_type}\n"content-digest": {digest}\n'
-        f'"@signature-params": {params}'
-    ).encode("ascii")
 
 
 def sign_item(
     status: int, body: bytes, *, key: Ed25519PrivateKey, keyid: str, created: datetime
 ) -> tuple[str, str]:
-    """(Signature-Input, Signature) of a response ``status`` with ``body``: byte for byte what
-    ``sign_response`` writes for it (label ``yp``, created, keyid, alg, tag)."""
-    params = _params(int(created.timestamp()), keyid)
-    base = _base(status, content_type_of(status), sha256_digest(body), params)
-    signature = base64.b64encode(key.sign(base)).decode("ascii")
-    return f"{LABEL}={params}", f"{LABEL}=:{signature}:"
-
-
-_INPUT = re.compile(
-    re.escape(f"{LABEL}={_COMPONENTS}")
-    + r';created=([0-9]{1,15});keyid="([A-Za-z0-9._/-]{1,64})";'
-    + re.escape(f'alg="{ALG}";tag="{TAG}"')
-)
-_SIGNATURE = re.compile(re.escape(f"{LABEL}=:") + r"([A-Za-z0-9+/]{86}==):")
+    """(Signature-Input, Signature) of a response ``status`` with ``body``: what ``sign_response``
+    writes for it as a whole response."""
+    headers = sign_response(
+        status=status, body=body, key=key, keyid=keyid, created=created, content_type=content_type_of(status)
+    )
+    return headers["Signature-Input"], headers["Signature"]
 
 
 def verify_item(
@@ -254,44 +220,20 @@ def verify_item(
     now: datetime,
     skew_seconds: int,
 ) -> VerifiedSignature:
-    """Check one item's answer as ``verify_response`` checks a whole response (raises the same
-    DomainErrors). The form yipanqi writes is checked here directly; any other goes to the library."""
-    matched, sig = _INPUT.fullmatch(signature_input), _SIGNATURE.fullmatch(signature)
-    if matched is None or sig is None:
-        return verify_response(
-            status=status,
-            headers=[
-                ("Content-Type", content_type_of(status)),
-                ("Content-Digest", sha256_digest(body)),
-                ("Signature-Input", signature_input),
-                ("Signature", signature),
-            ],
-            body=body,
-            resolve_key=resolve_key,
-            expected_node=expected_node,
-            now=now,
-            skew_seconds=skew_seconds,
-        )
-    created, keyid = int(matched[1]), matched[2]
-    if not keyid.startswith(expected_node + "/"):
-        raise UnknownKey("the response is signed by another node")
-    key = resolve_key(keyid)
-    if key is None:
-        raise UnknownKey("keyid is not in the directory or not valid now")
-    if abs(now.timestamp() - created) > skew_seconds:
-        raise SignatureExpired("created is outside the accepted clock window")
-    base = _base(status, content_type_of(status), sha256_digest(body), signature_input[len(LABEL) + 1 :])
-    try:
-        key.verify(base64.b64decode(sig[1], validate=True), base)
-    except (InvalidSignature, binascii.Error) as exc:
-        raise SignatureInvalid("the signature does not verify") from exc
-    return VerifiedSignature(
-        keyid=keyid,
-        nonce=None,
-        created=datetime.fromtimestamp(created, now.tzinfo),
-        expires=None,
-        signature_input=signature_input,
-        signature=signature,
+    """Check one item's answer as ``verify_response`` checks a whole response (the same DomainErrors)."""
+    return verify_response(
+        status=status,
+        headers=[
+            ("Content-Type", content_type_of(status)),
+            ("Content-Digest", content_digest(body)),
+            ("Signature-Input", signature_input),
+            ("Signature", signature),
+        ],
+        body=body,
+        resolve_key=resolve_key,
+        expected_node=expected_node,
+        now=now,
+        skew_seconds=skew_seconds,
     )
 
 
@@ -389,7 +331,7 @@ def check_item(
         )
     except DomainError as exc:
         return Refused(exc, message_id, message_type)
-    return CheckedItem(endpoint, envelope, body, sha256_digest(body))
+    return CheckedItem(endpoint, envelope, body, content_digest(body))
 
 
 def _uuid_text(value: Any) -> str | None:

@@ -246,7 +246,7 @@ def test_an_item_is_signed_as_sign_response_signs_a_response(status: int, body: 
         library["Signature-Input"],
         library["Signature"],
     )
-    assert batch.sha256_digest(body) == content_digest(body) == library["Content-Digest"]
+    assert content_digest(body) == library["Content-Digest"]
 
 
 def _check(

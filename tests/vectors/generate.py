@@ -309,7 +309,7 @@ def build_batch() -> dict[str, Any]:
             message_id=str(message_id),
             status=status,
             received_at=RECEIVED,
-            digest=batch.sha256_digest(message),
+            digest=content_digest(message),
             due_at=due,
         )
 
