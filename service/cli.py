@@ -17,15 +17,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
-from service.clock import offset_from_env
+from service.clock import offset_from_env, utcnow
 from service.config import get_settings, unknown_variables
 from service.db import get_engine, read_session, transaction
 from service.directory import service as directory
 from service.errors import DomainError
 from service.migrations import upgrade
-from service.models import LocalNode, Role
+from service.models import LocalNode, Role, Staff
 from service.signing import node as node_identity
 from service.signing.keys import public_key_text
+from service.staff.passwords import set_password
 from service.staff.service import create_staff
 
 app = typer.Typer(
@@ -250,6 +251,32 @@ def staff_add(
             return
     console.print(f"staff {staff.username} ({staff.role.value}) created; bearer token (shown once):")
     print(token)
+
+
+@staff_app.command("password")
+def staff_password(
+    username: Annotated[str, typer.Argument(help="the account")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input, not a prompt")
+    ] = False,
+) -> None:
+    """Set a console password (the person changes it at the first sign-in); ends their sessions."""
+    _require_node()
+    with read_session() as session:
+        staff = session.exec(select(Staff).where(Staff.username == username)).first()
+    if staff is None or staff.id is None:
+        _fail(f"no staff account {username!r}")
+        return
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        set_password(staff.id, password, must_change=True, now=utcnow())
+    except DomainError as exc:
+        _fail(exc.detail)
+        return
+    console.print(f"console password of {username} set; it must be changed at the first sign-in")
 
 
 @import_app.command("people")

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.clock import OFFSET_ENV
@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     directory_refresh_seconds: float = Field(default=3.0, gt=0, le=300)
     # Failed staff authentications allowed per minute from one address and against one account.
     auth_failures_per_minute: int = Field(default=10, gt=0, le=10_000)
+
+    # The staff console (service/console/): a session ends after console_idle_minutes without a
+    # request and console_session_hours after sign-in; console_lockout_failures wrong passwords in a
+    # row lock the account for console_lockout_minutes. console_secret signs the CSRF cookie
+    # (default: a random one in keys/console.secret; replicas on several hosts must share one).
+    # Cookies are Secure in production (behind TLS) unless console_secure_cookies says otherwise.
+    console_idle_minutes: int = Field(default=30, gt=0, le=24 * 60)
+    console_session_hours: int = Field(default=10, gt=0, le=7 * 24)
+    console_lockout_failures: int = Field(default=5, gt=0, le=100)
+    console_lockout_minutes: int = Field(default=15, gt=0, le=24 * 60)
+    console_secret: SecretStr | None = None
+    console_secure_cookies: bool | None = None
 
     # Outbox relay (service/exchange/relay.py).
     relay_enabled: bool = True
@@ -142,6 +154,12 @@ class Settings(BaseSettings):
     def sqlite_file(self) -> Path | None:
         """The default SQLite database in the data folder; None when ``database_url`` is set."""
         return None if self.database_url else self.data_dir / "yipanqi.db"
+
+    @property
+    def console_cookies_secure(self) -> bool:
+        if self.console_secure_cookies is not None:
+            return self.console_secure_cookies
+        return self.environment == "production"
 
     @property
     def keys_dir(self) -> Path:

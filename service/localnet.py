@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from service.clock import utcnow
 from service.db import make_engine
 from service.directory.service import KeySpec, add_peer
 from service.migrations import upgrade
-from service.models import Role
+from service.models import Role, Staff
 from service.signing.node import init_node
+from service.staff.passwords import set_password
 from service.staff.service import create_staff
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -75,6 +78,8 @@ class LocalNode:
     public_key: str = ""  # "<keyid>=<base64url>"
     token: str = ""  # an operator's bearer token
     admin_token: str = ""
+    # Console sign-ins (user name, password) for each role, made by init(console_logins=True).
+    logins: dict[Role, tuple[str, str]] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None  # where the running (or last) process writes
 
@@ -107,8 +112,10 @@ class LocalNode:
             or f"sqlite:///{(self.data_dir / 'yipanqi.db').resolve()}"
         )
 
-    def init(self) -> None:
-        """What ``yipanqi init`` and ``staff add`` do, in-process (a CLI start costs a second or two)."""
+    def init(self, *, console_logins: bool = False) -> None:
+        """What ``yipanqi init`` and ``staff add`` do, in-process (a CLI start costs a second or two).
+
+        ``console_logins``: also one account of each role with a console password (``logins``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(self.database_url)
         try:
@@ -118,7 +125,16 @@ class LocalNode:
                 self.public_key = f"{key.keyid}={key.public_key}"
                 self.token = create_staff(session, username=f"operator-{self.node_id}", role=Role.operator)[1]
                 self.admin_token = create_staff(session, username=f"admin-{self.node_id}", role=Role.admin)[1]
+                if console_logins:
+                    for role in (Role.supervisor, Role.auditor):
+                        create_staff(session, username=f"{role.value}-{self.node_id}", role=role)
                 session.commit()
+                accounts = session.exec(select(Staff)).all() if console_logins else []
+            for staff in accounts:  # hashed outside the transaction above, one short write each
+                assert staff.id is not None
+                password = f"Yp-{secrets.token_urlsafe(9)}-9a"
+                set_password(staff.id, password, must_change=False, now=utcnow(), engine=engine)
+                self.logins[staff.role] = (staff.username, password)
         finally:
             engine.dispose()
 
@@ -216,6 +232,8 @@ def build_network(
     base_port: int,
     env_extra: dict[str, str] | None = None,
     database_urls: list[str] | None = None,
+    *,
+    console_logins: bool = False,
 ) -> list[LocalNode]:
     """Initialise nodes in ``root`` and make every node trust every other one (not started).
 
@@ -228,7 +246,7 @@ def build_network(
             env["YIPANQI_DATABASE_URL"] = database_urls[i]
         nodes.append(LocalNode(node_id, name, base_port + i, root / node_id, env))
     for node in nodes:
-        node.init()
+        node.init(console_logins=console_logins)
     for node in nodes:
         for other in nodes:
             if other is not node:

@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service import console
 from service.admission import Admission
 from service.births import routes as births
 from service.certificates import routes as certificates
@@ -96,7 +97,10 @@ PEER_PREFIX = "/peer/v1/"
 
 
 def _answer(request: Request, response: Response) -> Response:
-    """Every answer under /peer/v1 is signed (docs/protocol.md), unknown paths and methods included."""
+    """Every answer under /peer/v1 is signed (docs/protocol.md), unknown paths and methods included;
+    the console answers an error with a page in Chinese instead of problem+json."""
+    if console.is_console(request):
+        return console.error_page(request, response.status_code, dict(response.headers))
     signer = getattr(request.app.state, "signer", None)  # None only before the lifespan has run
     if request.url.path.startswith(PEER_PREFIX) and signer is not None:
         return signed(response, signer)
@@ -188,10 +192,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notices.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    console.install(app)
     app.add_exception_handler(DomainError, _domain_problem)
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(Exception, _internal_problem)
+    app.user_middleware.insert(0, console.middleware(settings))
     app.add_middleware(
         Admission,
         concurrency=settings.max_concurrent_requests,

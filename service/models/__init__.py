@@ -15,7 +15,7 @@ from service.models.node import LocalNode, NodeKey
 from service.models.notifications import Notification, NotificationKind, NotificationStatus
 from service.models.people import Child, ContraceptionMethod, MaritalStatus, Person
 from service.models.sla import ItemType, MonthlyReport, NoticeKind, StaffNotice
-from service.models.staff import Role, Staff
+from service.models.staff import ConsoleSession, PasswordHistory, Role, Staff
 from service.models.verification import (
     CaseStatus,
     Direction,
@@ -35,6 +35,7 @@ __all__ = [
     "CertificateStatus",
     "CertificateVersion",
     "Child",
+    "ConsoleSession",
     "ContraceptionMethod",
     "Direction",
     "InboxMessage",
@@ -52,6 +53,7 @@ __all__ = [
     "OutboxMessage",
     "OutboxStatus",
     "Outcome",
+    "PasswordHistory",
     "Peer",
     "PeerKey",
     "Person",
