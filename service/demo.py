@@ -27,7 +27,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from service.clock import utcnow
+from service.console.templating import ROLE_NAMES
 from service.localnet import LocalNode, NodeStartError, build_network, port_in_use, stop_all, wait_for
+from service.models import Role
 from service.sla.deadlines import SHANGHAI
 
 NODES = [("310110", "杨浦区"), ("410105", "金水区"), ("411627", "太康县")]
@@ -137,8 +139,10 @@ def run_demo(console: Console, *, base_port: int, once: bool, keep: bool = False
             _say(console, "[bold]一盘棋 yipanqi 演示[/bold]：三个县的节点，各在自己的进程里")
             _say(console, f"  临时数据文件夹 {root}（私钥和数据库；演示结束时删除，--keep 保留）")
             _say(console, "  时间均为北京时间（Asia/Shanghai，UTC+08:00）")
-            nodes = build_network(root, NODES, base_port, {"YIPANQI_RELAY_INTERVAL_SECONDS": "0.3"})
+            env = {"YIPANQI_RELAY_INTERVAL_SECONDS": "0.3"}
+            nodes = build_network(root, NODES, base_port, env, console_logins=True)
             _start(console, nodes)
+            _logins(console, nodes)
             by_id = {n.node_id: n for n in nodes}
             _verification_act(console, by_id)
             _register_act(console, by_id)
@@ -190,6 +194,18 @@ def _start(console: Console, nodes: list[LocalNode]) -> None:
         pid = node.process.pid if node.process is not None else "-"
         keyid = node.public_key.split("=")[0]
         _say(console, f"  节点 {node.node_id} {node.name}  {node.url}  密钥 {keyid}  pid {pid}")
+
+
+def _logins(console: Console, nodes: list[LocalNode]) -> None:
+    """The console of each node and a sign-in for each role (演示用的一次性密码，随演示删除)."""
+    _say(console, "  工作人员控制台（浏览器打开；每个角色一个演示账户）：")
+    for node in nodes:
+        logins = "  ".join(
+            f"{ROLE_NAMES[role]} {node.logins[role][0]} / {node.logins[role][1]}"
+            for role in Role
+            if role in node.logins
+        )
+        _say(console, f"    {node.name} {node.url}/console/  {logins}")
 
 
 def _keep_running(console: Console, nodes: list[LocalNode]) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.localnet import port_in_use
@@ -212,3 +213,30 @@ def test_nodes_do_not_outlive_a_demo_killed_outright(
     demo.wait(timeout=10)
     assert _until(lambda: not any(_alive(p) for p in pids), 10), "a node outlived the demo"
     assert _until(lambda: not any(port_in_use(p) for p in ports), 10)
+
+
+LOGIN = re.compile(r"(\S+) (http://127\.0\.0\.1:\d+)/console/ .*经办人 (\S+) / (\S+)")
+CSRF = re.compile(r'name="csrftoken" value="([^"]+)"')
+
+
+def test_a_running_demo_prints_a_console_sign_in_that_works(
+    running: tuple[subprocess.Popen[bytes], list[int], range, Path],
+) -> None:
+    *_, tmp = running
+    output = (tmp / "out.txt").read_text(encoding="utf-8")
+    logins = LOGIN.findall(output)
+    assert len(logins) == NODES, output
+    for role in ("经办人", "负责人", "审计", "管理员"):
+        assert output.count(f"{role} ") >= NODES, role
+    _name, url, username, password = logins[0]
+    with httpx.Client(base_url=url, timeout=30) as browser:
+        form = browser.get("/console/login")
+        token = CSRF.search(form.text)
+        assert token is not None
+        answer = browser.post(
+            "/console/login",
+            data={"username": username, "password": password, "csrftoken": token.group(1)},
+        )
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/console/"
+        assert username in browser.get("/console/").text
