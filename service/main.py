@@ -75,7 +75,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     with read_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
     hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
-    app.state.relay = Relay(settings, new_session, app.state.signer, hooks, metrics=app.state.metrics)
+    app.state.relay = Relay(
+        settings,
+        new_session,
+        app.state.signer,
+        hooks,
+        metrics=app.state.metrics,
+        peer_keys=app.state.peer_keys,  # answers' signatures checked from memory, no database lock
+    )
     worker = RelayWorker(app.state.relay, settings.relay_interval_seconds)
     app.state.relay_worker = worker
     if settings.relay_enabled:

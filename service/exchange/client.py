@@ -14,6 +14,7 @@ from uuid import UUID
 
 import httpx
 import uuid6
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 from sqlmodel import Session
 
@@ -239,16 +240,21 @@ class PeerCapabilities:
         return BatchLimits(min(items, self.max_items), size)
 
 
+KeyResolver = Callable[[str, datetime], Ed25519PublicKey | None]
+
+
 def verify_answer(
-    session: Session, settings: Settings, response: httpx.Response, peer_node: str
+    keys: KeyResolver, settings: Settings, response: httpx.Response, peer_node: str
 ) -> VerifiedSignature:
-    """The peer's signature on its response (raises a DomainError if it is missing or wrong)."""
+    """The peer's signature on its response (raises a DomainError if it is missing or wrong).
+
+    ``keys`` finds a peer's public key valid at a time: ``PeerKeys.resolve``, or a read."""
     now = utcnow()
     return verify_response(
         status=response.status_code,
         headers=response.headers.multi_items(),
         body=response.content,
-        resolve_key=lambda keyid: resolve_key(session, keyid, now),
+        resolve_key=lambda keyid: keys(keyid, now),
         expected_node=peer_node,
         now=now,
         skew_seconds=settings.clock_skew_seconds,
@@ -305,7 +311,7 @@ def query_peer(
         if client is None:
             http.close()
     try:
-        signature = verify_answer(session, settings, response, recipient)
+        signature = verify_answer(lambda k, at: resolve_key(session, k, at), settings, response, recipient)
     except DomainError as exc:
         raise PeerUnavailable(f"node {recipient} answered without a valid signature: {exc.detail}") from exc
     if response.status_code != 200:

@@ -53,7 +53,7 @@ from sqlmodel import Session, col, select
 
 from service.clock import utcnow
 from service.config import Settings
-from service.directory.service import get_peer, resolve_key
+from service.directory.service import PeerKeys, get_peer, resolve_key
 from service.errors import DomainError
 from service.exchange import batch
 from service.exchange.client import (
@@ -164,8 +164,10 @@ class Relay:
         hooks: Mapping[str, ReceiptHook],
         client: PeerClient | None = None,
         metrics: RelayMetrics | None = None,
+        peer_keys: PeerKeys | None = None,
     ) -> None:
         self.metrics = metrics
+        self.peer_keys = peer_keys
         self.settings = settings
         self.session_factory = session_factory
         self.signer = signer
@@ -454,12 +456,19 @@ class Relay:
             attempt.retry_after = min(hold, timedelta(seconds=self.settings.relay_backoff_cap_seconds))
         return attempt
 
-    def _judge(self, row: OutboxMessage, response: httpx.Response) -> Attempt:
+    def _key(self, keyid: str, now: datetime) -> Ed25519PublicKey | None:
+        """A peer's public key: from memory (PeerKeys) in a node; else read in a session of its own,
+        closed before the signature is checked (no database lock is held while verifying)."""
+        if self.peer_keys is not None:
+            return self.peer_keys.resolve(keyid, now)
         with self.session_factory() as session:
-            try:
-                sig = verify_answer(session, self.settings, response, row.recipient)
-            except DomainError as exc:
-                return Attempt("retry", f"HTTP {response.status_code}, response not accepted: {exc.detail}")
+            return resolve_key(session, keyid, now)
+
+    def _judge(self, row: OutboxMessage, response: httpx.Response) -> Attempt:
+        try:
+            sig = verify_answer(self._key, self.settings, response, row.recipient)
+        except DomainError as exc:
+            return Attempt("retry", f"HTTP {response.status_code}, response not accepted: {exc.detail}")
         return self._judge_answer(row, response.status_code, response.content, sig)
 
     @staticmethod
@@ -564,53 +573,52 @@ class Relay:
         """Each row's outcome from a batch answer; or the outcome of the batch as a whole (then the
         list is empty): no valid answer, a refusal to retry, or a refusal of the batch itself."""
         recipient, status, now = rows[0].recipient, response.status_code, utcnow()
-        with self.session_factory() as session:
+        try:
+            verify_answer(self._key, self.settings, response, recipient)
+        except DomainError as exc:
+            return [], Attempt("retry", f"HTTP {status}, response not accepted: {exc.detail}")
+        if status != 200:
+            code = _problem_code(response.content)
+            error = f"HTTP {status} [{code}] to the batch"
+            if _retryable(status, code):
+                return [], Attempt("retry", error, status)
+            # The batch itself is refused (the peer no longer takes batches, or not this one):
+            # single requests from now on, and this attempt does not count against the messages.
+            self.capabilities.single_only(recipient, now)
+            log.warning("peer refused a batch recipient=%s error=%s; sending singly", recipient, error)
+            return [], Attempt("retry", error + ": sending singly", status, again=True)
+        results = batch.parse_response(response.content, len(rows))
+        if results is None:
+            return [], Attempt("retry", "HTTP 200, the batch answer does not validate")
+        keys: dict[str, Ed25519PublicKey | None] = {}
+
+        def key_of(keyid: str) -> Ed25519PublicKey | None:
+            if keyid not in keys:
+                keys[keyid] = self._key(keyid, now)
+            return keys[keyid]
+
+        attempts = []
+        for row, result in zip(rows, results, strict=True):
+            item_body = result.body.encode("utf-8")
+            if result.message_id is not None and str(result.message_id) != row.message_id:
+                attempts.append(Attempt("retry", "batch answer is for another message", result.status))
+                continue
             try:
-                verify_answer(session, self.settings, response, recipient)
+                sig = batch.verify_item(
+                    result.status,
+                    item_body,
+                    result.signature_input,
+                    result.signature,
+                    resolve_key=key_of,
+                    expected_node=recipient,
+                    now=now,
+                    skew_seconds=self.settings.clock_skew_seconds,
+                )
             except DomainError as exc:
-                return [], Attempt("retry", f"HTTP {status}, response not accepted: {exc.detail}")
-            if status != 200:
-                code = _problem_code(response.content)
-                error = f"HTTP {status} [{code}] to the batch"
-                if _retryable(status, code):
-                    return [], Attempt("retry", error, status)
-                # The batch itself is refused (the peer no longer takes batches, or not this one):
-                # single requests from now on, and this attempt does not count against the messages.
-                self.capabilities.single_only(recipient, now)
-                log.warning("peer refused a batch recipient=%s error=%s; sending singly", recipient, error)
-                return [], Attempt("retry", error + ": sending singly", status, again=True)
-            results = batch.parse_response(response.content, len(rows))
-            if results is None:
-                return [], Attempt("retry", "HTTP 200, the batch answer does not validate")
-            keys: dict[str, Ed25519PublicKey | None] = {}
-
-            def key_of(keyid: str) -> Ed25519PublicKey | None:
-                if keyid not in keys:
-                    keys[keyid] = resolve_key(session, keyid, now)
-                return keys[keyid]
-
-            attempts = []
-            for row, result in zip(rows, results, strict=True):
-                item_body = result.body.encode("utf-8")
-                if result.message_id is not None and str(result.message_id) != row.message_id:
-                    attempts.append(Attempt("retry", "batch answer is for another message", result.status))
-                    continue
-                try:
-                    sig = batch.verify_item(
-                        result.status,
-                        item_body,
-                        result.signature_input,
-                        result.signature,
-                        resolve_key=key_of,
-                        expected_node=recipient,
-                        now=now,
-                        skew_seconds=self.settings.clock_skew_seconds,
-                    )
-                except DomainError as exc:
-                    error = f"HTTP {result.status} in a batch, answer not accepted: {exc.detail}"
-                    attempts.append(Attempt("retry", error))
-                    continue
-                attempts.append(self._judge_answer(row, result.status, item_body, sig))
+                error = f"HTTP {result.status} in a batch, answer not accepted: {exc.detail}"
+                attempts.append(Attempt("retry", error))
+                continue
+            attempts.append(self._judge_answer(row, result.status, item_body, sig))
         return attempts, None
 
     # --- recording ------------------------------------------------------------------------------
