@@ -189,17 +189,26 @@ def csrf_middleware(settings: Settings) -> Callable[..., Any]:
     secret = csrf_secret(settings)
 
     def wrap(app: Any) -> Any:
-        return asgi_csrf(
+        protected = asgi_csrf(
             app,
             cookie_name=CSRF_COOKIE,
             signing_secret=secret,
             always_protect={LOGIN_PATH},  # a form posted with no cookie at all is refused too
-            skip_if_scope=lambda scope: not scope["path"].startswith(PREFIX),
             cookie_path=PREFIX,
             cookie_secure=settings.console_cookies_secure,
             cookie_samesite="Strict",
             send_csrf_failed=_send_csrf_failed,
         )
+
+        async def console_only(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            # Peer and staff API requests do not pass through it at all (no cookie parsing per request).
+            path = scope.get("path", "") if scope["type"] == "http" else ""
+            if path == PREFIX or path.startswith(PREFIX + "/"):
+                await protected(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+
+        return console_only
 
     return wrap
 
