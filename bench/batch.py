@@ -20,9 +20,11 @@ came back ``202`` and that the node's inbox holds exactly the messages sent, and
 
 ``--breakdown`` also times, in this process on a temporary SQLite file, each step the node takes for
 a batch of ``--batch-size``: reading and checking the items (rule 8, no database), storing them in
-one transaction (nonce, duplicate check, the domain handler in a savepoint per item, the inbox rows),
-the same with the domain handler replaced by one that does nothing, and signing the answers. With
-``--profile`` (pip install pyinstrument) it prints where the storing step spends its time.
+one transaction (nonce, duplicate check, the domain's bulk path ``handle_many`` where it has one,
+else each item's handler in a savepoint of its own, the inbox rows), the same without the bulk
+paths (every item in its own savepoint, as before they existed), the same with handlers that do
+nothing, and signing the answers. With ``--profile`` (pip install pyinstrument) it prints where the
+storing step spends its time.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from service.verification.schemas import RequestPayload
 SENDER, RECEIVER = ("410105", "金水区"), ("411627", "太康县")
 NODE_ENV = {"YIPANQI_RELAY_ENABLED": "false", "YIPANQI_LOG_LEVEL": "WARNING"}
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-SUBJECT = Subject(id_number="411627199503080024", name="王秀英", sex="F", birth_date="1995-03-08")  # type: ignore[arg-type]
+SUBJECT = Subject(id_number="411627199503080024", name="王秀英", sex="F", birth_date="1995-03-08")
 BATCH_PATH = "/peer/v1" + batch.PATH
 
 
@@ -75,8 +77,8 @@ def payload(kind: str) -> tuple[str, str, Any]:
     if kind == "verification.request":
         request = RequestPayload(
             subject=SUBJECT,
-            topic="marital_status",  # type: ignore[arg-type]
-            priority="normal",  # type: ignore[arg-type]
+            topic="marital_status",
+            priority="normal",
             key_target=False,
             question="请核实该对象婚育情况。",
         )
@@ -86,7 +88,7 @@ def payload(kind: str) -> tuple[str, str, Any]:
         subject=SUBJECT,
         kind="arrival",
         occurred_on=day,
-        details=ArrivalDetails(arrived_on=day),  # type: ignore[arg-type]
+        details=ArrivalDetails(arrived_on=day),
     )
     return "notification", "/peer/v1/notifications", arrival
 
@@ -311,7 +313,17 @@ def breakdown(args: argparse.Namespace, root: Path) -> None:
         )
         session.commit()
     endpoints = {e.message_type: e for e in PEER_ENDPOINTS if not e.synchronous}
-    idle = {t: replace(e, handle=lambda _session, _message: None) for t, e in endpoints.items()}
+    # The node's handlers as they are (a bulk path where the domain has one), the same without the
+    # bulk paths (every item's handler in a SAVEPOINT of its own), and handlers that do nothing.
+    no_bulk = {t: replace(e, handle_many=None) for t, e in endpoints.items()}
+    idle = {
+        t: replace(
+            e,
+            handle=lambda _session, _message: None,
+            handle_many=(lambda _session, messages: [None] * len(messages)) if e.handle_many else None,
+        )
+        for t, e in endpoints.items()
+    }
     n = args.batch_size
 
     def one(handlers: dict[str, Any], profile: bool = False) -> dict[str, float]:
@@ -350,13 +362,15 @@ def breakdown(args: argparse.Namespace, root: Path) -> None:
 
     one(endpoints)  # warm-up
     rounds = [one(endpoints) for _ in range(3)]
+    per_item_rounds = [one(no_bulk) for _ in range(3)]
     idle_rounds = [one(idle) for _ in range(3)]
 
     def per_item(values: list[dict[str, float]], step: str) -> float:
-        return 1e6 * statistics.median(v[step] for v in values) / n
+        return float(1e6 * statistics.median(v[step] for v in values) / n)
 
     real = {s: per_item(rounds, s) for s in ("verify", "check", "store", "sign")}
     bare = per_item(idle_rounds, "store")
+    one_by_one = per_item(per_item_rounds, "store")
     total = sum(real.values())
     print(f"breakdown, batch of {n} {args.type} (median of 3, µs per item, in-process, SQLite):")
     print(f"  verify the request's signature  {real['verify']:8.1f}")
@@ -366,6 +380,10 @@ def breakdown(args: argparse.Namespace, root: Path) -> None:
         f"   of which the domain handler ≈ {real['store'] - bare:.1f}"
     )
     print(f"  store, handler doing nothing    {bare:8.1f}")
+    handler = one_by_one - bare
+    print(
+        f"  store, no bulk path (per item)  {one_by_one:8.1f}   of which the domain handler ≈ {handler:.1f}"
+    )
     print(f"  sign every item's answer        {real['sign']:8.1f}")
     print(
         f"  total                           {total:8.1f}  → {1e6 / total:,.0f} items/s on one core;"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -91,8 +92,14 @@ def receipt_body(
         {
             "message_id": message_id,
             "status": status,
-            "received_at": utc_text(received_at),
+            "received_at": _receipt_time(received_at),
             "digest": digest,
-            "due_at": utc_text(due_at) if due_at else None,
+            "due_at": _receipt_time(due_at) if due_at else None,
         }
     )
+
+
+@lru_cache(maxsize=256)
+def _receipt_time(value: datetime) -> str:
+    """``utc_text``, remembered: a batch's receipts share their received_at and a few due_at."""
+    return utc_text(value)

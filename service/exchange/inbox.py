@@ -6,7 +6,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic
 
@@ -41,6 +41,12 @@ class InboundMessage(Generic[P]):
 
 # The receiver's handler returns the item's deadline (None where the protocol gives none).
 InboundHandler = Callable[[Session, InboundMessage[Any]], datetime | None]
+# The same for several messages of one type at once (a batch's): each one's outcome, in order, as
+# the handler would give it taken alone after the ones before it — its deadline, or the DomainError
+# that refuses it — with the accepted ones' effects written and nothing of the refused ones. It is
+# given messages with distinct message_ids that are not stored yet; anything it raises is for all of
+# them (the inbox then undoes its writes and takes the messages one by one with the handler).
+BulkHandler = Callable[[Session, Sequence[InboundMessage[Any]]], list[datetime | DomainError | None]]
 # A synchronous endpoint's handler returns the answer itself (a certificate lookup).
 QueryHandler = Callable[[Session, InboundMessage[Any]], BaseModel]
 # The sender's hook, run once when the peer's signed receipt is stored.
@@ -55,6 +61,8 @@ class PeerEndpoint:
     message_type: str
     payload: type[BaseModel]
     handle: InboundHandler | None = None  # asynchronous: stored once, answered with a receipt
+    # Optional, beside ``handle``: the same for a batch's run of messages of this type at once.
+    handle_many: BulkHandler | None = None
     on_receipt: ReceiptHook | None = None
     summary: str = ""
     answer: QueryHandler | None = None  # synchronous: answered at once with a signed 200
@@ -63,6 +71,8 @@ class PeerEndpoint:
     def __post_init__(self) -> None:
         if (self.handle is None) == (self.answer is None):
             raise ValueError(f"{self.message_type}: give exactly one of handle (asynchronous) or answer")
+        if self.handle_many is not None and self.handle is None:
+            raise ValueError(f"{self.message_type}: handle_many goes with handle, never alone")
 
     @property
     def synchronous(self) -> bool:
@@ -121,7 +131,10 @@ def load_json(body: bytes) -> Any:
     """The body as JSON that every database can store (InvalidMessage if it is not)."""
     try:
         data = json.loads(body.decode("utf-8"))
-        _refuse_unstorable_text(data)
+        # A NUL or a lone surrogate in the data can only come from a \u escape: strict UTF-8 gives no
+        # surrogates, and json.loads refuses a raw control character (NUL) in a string and outside.
+        if b"\\u" in body:
+            _refuse_unstorable_text(data)
     # ValueError also covers integers past Python's digit limit; RecursionError, deep nesting.
     except (ValueError, RecursionError) as exc:
         raise InvalidMessage("body is not UTF-8 JSON without NUL characters") from exc
@@ -220,6 +233,10 @@ class CheckedItem:
     envelope: Envelope[Any]
     body: bytes
     digest: str
+    message_id: str = field(init=False)  # the envelope's, as text (the key of the inbox)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message_id", str(self.envelope.message_id))
 
 
 @dataclass(frozen=True)
@@ -238,15 +255,18 @@ def accept_batch(
     nonce_keep_until: datetime,
 ) -> list[Accepted | DomainError]:
     """Rule 7 (the batch's nonce), then each checked item as ``accept`` would take it alone: its
-    outcome, in order. Each item's domain work runs in a SAVEPOINT of its own, so a refused item
-    leaves nothing behind and spoils nothing else; the accepted items' inbox rows are written in
-    one statement at the end. An item whose ``message_id`` came earlier in the same batch is
-    answered as a retry would be (the same body: duplicate; another body: conflict).
+    outcome, in order. An item whose ``message_id`` is stored, or came earlier in the same batch and
+    was accepted, is answered as a retry would be (the same body: duplicate; another body: conflict).
+    The others go to their domain code in runs, in the items' order: consecutive items of one type,
+    none of them twice. A run whose endpoint has a bulk path (``handle_many``) is handed to it at
+    once, in one SAVEPOINT; any other item's domain work runs in a SAVEPOINT of its own. Either way
+    a refused item leaves nothing behind and spoils nothing else. The accepted items' inbox rows are
+    written in one statement at the end.
 
     Raises IntegrityError when a concurrent request stored one of the messages meanwhile (the
     caller runs the batch again, and then it is a duplicate), and what the database raises."""
     _record_nonce(session, signature, nonce_keep_until)
-    ids = {str(item.envelope.message_id) for item in items}
+    ids = {item.message_id for item in items}
     known: dict[str, _Known] = {}
     if ids:
         query = select(
@@ -255,57 +275,119 @@ def accept_batch(
         known = {row[0]: _Known(row[1], row[2], row[3]) for row in session.exec(query).all()}
     received_at = now.replace(microsecond=0)
     rows: list[dict[str, Any]] = []
-    outcomes: list[Accepted | DomainError] = []
-    for item in items:
-        message_id = str(item.envelope.message_id)
+    outcomes: list[Accepted | DomainError | None] = [None] * len(items)
+    run: list[int] = []  # indexes of the items waiting for their domain code
+    in_run: set[str] = set()
+
+    def take_run() -> None:
+        endpoint = items[run[0]].endpoint
+        inbounds = [InboundMessage(items[i].envelope, received_at, signature.keyid) for i in run]
+        for index, result in zip(run, _handle_run(session, endpoint, inbounds), strict=True):
+            item = items[index]
+            message_id = item.message_id
+            if isinstance(result, DomainError):  # the conversation refuses it (unknown_request, …)
+                outcomes[index] = result
+                continue
+            known[message_id] = stored = _Known(item.digest, received_at, result)
+            rows.append(_inbox_row(item, message_id, signature, received_at, result))
+            outcomes[index] = Accepted(202, _receipt_of(message_id, stored, "accepted"))
+        run.clear()
+        in_run.clear()
+
+    for index, item in enumerate(items):
+        message_id = item.message_id
+        if run and (
+            message_id in in_run or item.endpoint.message_type != items[run[0]].endpoint.message_type
+        ):
+            take_run()  # its fate decides this item's (a second copy), or another type comes
         prior = known.get(message_id)
         if prior is not None:
             if prior.digest != item.digest:
-                outcomes.append(Conflict("this message_id was already received with a different body"))
+                outcomes[index] = Conflict("this message_id was already received with a different body")
             else:
-                outcomes.append(Accepted(200, _receipt_of(message_id, prior, "duplicate")))
+                outcomes[index] = Accepted(200, _receipt_of(message_id, prior, "duplicate"))
             continue
-        handle = item.endpoint.handle
-        assert handle is not None
+        run.append(index)
+        in_run.add(message_id)
+    if run:
+        take_run()
+    if rows:
+        session.connection().execute(insert(InboxMessage.__table__), rows)  # type: ignore[attr-defined]
+    done = [outcome for outcome in outcomes if outcome is not None]
+    assert len(done) == len(items)
+    return done
+
+
+def _handle_run(
+    session: Session, endpoint: PeerEndpoint, inbounds: Sequence[InboundMessage[Any]]
+) -> list[datetime | DomainError | None]:
+    """The domain's outcome of each message of a run (distinct, new messages of one type)."""
+    if endpoint.handle_many is not None:
         try:
             with session.begin_nested():
-                due_at = handle(session, InboundMessage(item.envelope, received_at, signature.keyid))
-        except DomainError as exc:  # the conversation refuses it (unknown_request, forbidden, conflict)
-            outcomes.append(exc)
-            continue
+                results = endpoint.handle_many(session, inbounds)
+                if len(results) != len(inbounds):
+                    raise RuntimeError(f"{len(results)} outcomes for {len(inbounds)} messages")
         except (IntegrityError, OperationalError):
             raise  # a concurrent copy (run again), or the database itself: the batch as a whole
-        except Exception as exc:  # a bug on one item's data must not hold up the others (it is logged)
-            # The frames and the exception's type, not its message: that may quote the item's data.
+        except Exception as exc:  # a bug in the bulk path: undone, and the run taken one by one
             log.error(
-                "batch item failed type=%s message_id=%s error=%s\n%s",
-                item.endpoint.message_type,
-                message_id,
+                "batch bulk handler failed type=%s count=%d error=%s\n%s",
+                endpoint.message_type,
+                len(inbounds),
                 type(exc).__name__,
                 "".join(traceback.format_tb(exc.__traceback__)),
             )
-            outcomes.append(InternalError("the node failed to store this item; the error is logged"))
-            continue
-        known[message_id] = stored = _Known(item.digest, received_at, due_at)
-        rows.append(
-            {
-                "message_id": message_id,
-                "type": item.endpoint.message_type,
-                "sender": item.envelope.sender,
-                "conversation_id": str(item.envelope.correlation_id or item.envelope.message_id),
-                "body": item.body,
-                "digest": item.digest,
-                "keyid": signature.keyid,
-                "signature_input": signature.signature_input,
-                "signature": signature.signature,
-                "received_at": received_at,
-                "due_at": due_at,
-            }
+        else:
+            return results
+    return [_handle_one(session, endpoint, inbound) for inbound in inbounds]
+
+
+def _handle_one(
+    session: Session, endpoint: PeerEndpoint, inbound: InboundMessage[Any]
+) -> datetime | DomainError | None:
+    """One message's domain work in a SAVEPOINT of its own: its deadline, or why it is refused."""
+    handle = endpoint.handle
+    assert handle is not None
+    try:
+        with session.begin_nested():
+            return handle(session, inbound)
+    except DomainError as exc:  # the conversation refuses it (unknown_request, forbidden, conflict)
+        return exc
+    except (IntegrityError, OperationalError):
+        raise  # a concurrent copy (run again), or the database itself: the batch as a whole
+    except Exception as exc:  # a bug on one item's data must not hold up the others (it is logged)
+        # The frames and the exception's type, not its message: that may quote the item's data.
+        log.error(
+            "batch item failed type=%s message_id=%s error=%s\n%s",
+            endpoint.message_type,
+            inbound.envelope.message_id,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
         )
-        outcomes.append(Accepted(202, _receipt_of(message_id, stored, "accepted")))
-    if rows:
-        session.connection().execute(insert(InboxMessage.__table__), rows)  # type: ignore[attr-defined]
-    return outcomes
+        return InternalError("the node failed to store this item; the error is logged")
+
+
+def _inbox_row(
+    item: CheckedItem,
+    message_id: str,
+    signature: VerifiedSignature,
+    received_at: datetime,
+    due_at: datetime | None,
+) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "type": item.endpoint.message_type,
+        "sender": item.envelope.sender,
+        "conversation_id": str(item.envelope.correlation_id or item.envelope.message_id),
+        "body": item.body,
+        "digest": item.digest,
+        "keyid": signature.keyid,
+        "signature_input": signature.signature_input,
+        "signature": signature.signature,
+        "received_at": received_at,
+        "due_at": due_at,
+    }
 
 
 def answer(

@@ -4,13 +4,15 @@ the relay's leases on them."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 import uuid6
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, event, func, or_, update
+from sqlalchemy import ColumnElement, event, func, insert, or_, update
 from sqlmodel import Session, col, select
 
 from service.clock import utcnow
@@ -31,31 +33,61 @@ def enqueue(
     correlation_id: UUID | None = None,
 ) -> OutboxMessage:
     """Add a message to the outbox (flush only: the caller's transaction commits it with its change)."""
-    message_id, now = uuid6.uuid7(), utcnow()
-    body = envelope_body(
-        message_id=message_id,
-        type=type,
-        sender=sender,
-        recipient=recipient,
-        sent_at=now,
-        correlation_id=correlation_id,
-        payload=payload,
-    )
-    row = OutboxMessage(
-        message_id=str(message_id),
-        type=type,
-        recipient=recipient,
-        path=path,
-        conversation_id=str(correlation_id or message_id),
-        body=body,
-        digest=content_digest(body),
-        next_attempt_at=now,
-        created_at=now,
-    )
+    row = OutboxMessage(**_values(Outgoing(type, sender, recipient, path, payload, correlation_id)))
     session.add(row)
     session.flush()
     session.info[_ENQUEUED] = True
     return row
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for ``enqueue_many``: ``enqueue``'s arguments."""
+
+    type: str
+    sender: str
+    recipient: str
+    path: str
+    payload: BaseModel
+    correlation_id: UUID | None = None
+
+
+def enqueue_many(session: Session, messages: Sequence[Outgoing]) -> list[str]:
+    """``enqueue`` for each message, in order (the same rows), written in one statement; their
+    message_ids. Flush only, as ``enqueue``."""
+    rows = [_values(message) for message in messages]
+    if rows:
+        session.connection().execute(insert(_TABLE), rows)
+        session.info[_ENQUEUED] = True
+    return [row["message_id"] for row in rows]
+
+
+_TABLE = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+def _values(message: Outgoing) -> dict[str, Any]:
+    """A new outbox row's columns (the others take their defaults, in either way of writing it)."""
+    message_id, now = uuid6.uuid7(), utcnow()
+    body = envelope_body(
+        message_id=message_id,
+        type=message.type,
+        sender=message.sender,
+        recipient=message.recipient,
+        sent_at=now,
+        correlation_id=message.correlation_id,
+        payload=message.payload,
+    )
+    return {
+        "message_id": str(message_id),
+        "type": message.type,
+        "recipient": message.recipient,
+        "path": message.path,
+        "conversation_id": str(message.correlation_id or message_id),
+        "body": body,
+        "digest": content_digest(body),
+        "next_attempt_at": now,
+        "created_at": now,
+    }
 
 
 _ENQUEUED = "yipanqi.outbox_enqueued"

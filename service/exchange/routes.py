@@ -364,7 +364,7 @@ def _accept_batch(
     answers = []
     for item in checked:
         if isinstance(item, CheckedItem):
-            message_id, message_type = str(item.envelope.message_id), item.endpoint.message_type
+            message_id, message_type = item.message_id, item.endpoint.message_type
             answers.append(batch.answer_of(next(stored), message_id, message_type))
         else:
             answers.append(batch.answer_of(item.error, item.message_id, item.message_type))

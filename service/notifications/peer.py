@@ -12,6 +12,7 @@ ENDPOINTS = (
         message_type=service.NOTIFICATION,
         payload=NotificationPayload,
         handle=service.receive_notification,
+        handle_many=service.receive_notifications,
         on_receipt=service.on_notification_receipt,
         summary="通报: a notification of a service or event; its receipt's due_at is the ack deadline",
     ),
@@ -20,6 +21,7 @@ ENDPOINTS = (
         message_type=service.ACK,
         payload=AckPayload,
         handle=service.receive_ack,
+        handle_many=service.receive_acks,
         summary="接收确认: the notification was acknowledged",
     ),
 )

@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import func
+from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, or_, select
 
 from service import idnumbers
 from service.clock import utcnow
 from service.config import Settings, get_settings
 from service.directory.service import get_peer
-from service.errors import Conflict, Forbidden, InvalidState, NotFound, UnknownRequest, ValidationFailed
+from service.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    UnknownRequest,
+    ValidationFailed,
+)
 from service.exchange.envelope import Receipt
 from service.exchange.history import conversation
 from service.exchange.inbox import InboundMessage
-from service.exchange.outbox import enqueue
+from service.exchange.outbox import Outgoing, enqueue, enqueue_many
 from service.models import (
     Direction,
     Notification,
@@ -39,6 +51,7 @@ from service.notifications.schemas import (
 from service.signing.node import NodeSigner
 from service.sla.deadlines import DeadlineRule, due_at
 from service.verification.schemas import SubjectRead
+from service.verification.service import check_assignee
 
 NOTIFICATION, ACK = "notification", "notification.ack"
 PATH = "/notifications"
@@ -130,26 +143,117 @@ def _send(
 
 
 def on_notification_receipt(session: Session, message: OutboxMessage, receipt: Receipt) -> None:
-    """The receiver's receipt starts the ack clock: keep its received_at and due_at."""
+    """The receiver's receipt starts the ack clock: keep its received_at and due_at.
+
+    The ack may have overtaken this receipt (an auto-ack is queued before the receipt leaves), or
+    be stored by another transaction while this one runs: the status goes from ``queued`` to
+    ``delivered`` in the UPDATE itself, from the row as the database has it then, never from what
+    was read before (on PostgreSQL a read-modify-write would put an ack's ``acknowledged`` back to
+    ``delivered``)."""
     notification = _by_message(session, message.message_id)
-    notification.received_at, notification.due_at = receipt.received_at, receipt.due_at
-    # The ack may have overtaken this receipt (an auto-ack is queued before the receipt leaves).
-    if notification.status == NotificationStatus.queued:
-        notification.status = NotificationStatus.delivered
-    _touch(session, notification)
+    table = _NOTIFICATION
+    session.execute(
+        update(table)
+        .where(table.c.id == notification.id)
+        .values(
+            received_at=receipt.received_at,
+            due_at=receipt.due_at,
+            status=case(
+                (table.c.status == NotificationStatus.queued, NotificationStatus.delivered),
+                else_=table.c.status,
+            ),
+            updated_at=utcnow(),
+        )
+    )
+    # The object read above is stale now: read again (the status as stored) when next used.
+    session.expire(notification, ["received_at", "due_at", "status", "updated_at"])
+
+
+@dataclass
+class _AckTarget:
+    """What decides whether an ack is taken: the notification's direction, peer and acknowledged_at."""
+
+    id: int | None
+    direction: Direction
+    peer: str
+    acknowledged_at: datetime | None
+
+
+def _ack_refusal(target: _AckTarget | None, message_id: str, sender: str) -> DomainError | None:
+    """Why an ack from ``sender`` for the notification ``message_id`` is refused (None: it is taken)."""
+    if target is None:
+        return UnknownRequest(f"no notification {message_id}")
+    if target.direction != Direction.outgoing or target.peer != sender:
+        return Forbidden("the sender is not this notification's recipient")
+    if target.acknowledged_at is not None:
+        return Conflict("the notification is already acknowledged")
+    return None
 
 
 def receive_ack(session: Session, inbound: InboundMessage[AckPayload]) -> datetime | None:
-    notification = _by_message(session, str(inbound.envelope.correlation_id))
-    if notification.direction != Direction.outgoing or notification.peer != inbound.envelope.sender:
-        raise Forbidden("the sender is not this notification's recipient")
-    if notification.acknowledged_at is not None:
-        raise Conflict("the notification is already acknowledged")
+    message_id = str(inbound.envelope.correlation_id)
+    notification = session.exec(select(Notification).where(Notification.message_id == message_id)).first()
+    target = None
+    if notification is not None:
+        target = _AckTarget(
+            notification.id, notification.direction, notification.peer, notification.acknowledged_at
+        )
+    refusal = _ack_refusal(target, message_id, inbound.envelope.sender)
+    if refusal is not None:
+        raise refusal
+    assert notification is not None
     notification.acknowledged_at = inbound.envelope.payload.acknowledged_at
     notification.ack_received_at = inbound.received_at
     notification.status = NotificationStatus.acknowledged
     _touch(session, notification)
     return None
+
+
+def receive_acks(
+    session: Session, inbounds: Sequence[InboundMessage[AckPayload]]
+) -> list[datetime | DomainError | None]:
+    """``receive_ack`` for a batch's run of acks, in order (the bulk path, ``PeerEndpoint.handle_many``):
+    the same outcomes and the same changes, from one SELECT and one UPDATE statement."""
+    message_ids = {str(inbound.envelope.correlation_id) for inbound in inbounds}
+    found = session.execute(
+        sql_select(  # five columns: more than sqlmodel's select is typed for
+            col(Notification.message_id),
+            col(Notification.id),
+            col(Notification.direction),
+            col(Notification.peer),
+            col(Notification.acknowledged_at),
+        ).where(col(Notification.message_id).in_(message_ids))
+    ).all()
+    # Kept current as the run goes: a second ack for the same notification is a conflict.
+    targets = {row[0]: _AckTarget(*row[1:]) for row in found}
+    outcomes: list[datetime | DomainError | None] = []
+    changes: list[dict[str, Any]] = []
+    now = utcnow()
+    for inbound in inbounds:
+        message_id = str(inbound.envelope.correlation_id)
+        target = targets.get(message_id)
+        refusal = _ack_refusal(target, message_id, inbound.envelope.sender)
+        outcomes.append(refusal)
+        if refusal is not None:
+            continue
+        assert target is not None
+        target.acknowledged_at = inbound.envelope.payload.acknowledged_at
+        changes.append(
+            {
+                "b_id": target.id,
+                "b_acknowledged_at": target.acknowledged_at,
+                "b_ack_received_at": inbound.received_at,
+                "b_updated_at": now,
+            }
+        )
+    if changes:
+        session.connection().execute(_ACKNOWLEDGED, changes)
+        # A Notification of these already in the session (read earlier in the transaction) is stale.
+        for change in changes:
+            stale = session.identity_map.get(session.identity_key(Notification, change["b_id"]))
+            if stale is not None:
+                session.expire(stale)
+    return outcomes
 
 
 # --- the notified side -----------------------------------------------------------------------
@@ -170,6 +274,45 @@ def receive_notification(session: Session, inbound: InboundMessage[NotificationP
     return notification.due_at
 
 
+def receive_notifications(
+    session: Session, inbounds: Sequence[InboundMessage[NotificationPayload]]
+) -> list[datetime | DomainError | None]:
+    """``receive_notification`` for a batch's run of 通报, in order (the bulk path,
+    ``PeerEndpoint.handle_many``): the same rows — the notification, and the ack queued for the kinds
+    acknowledged on receipt — written in one statement each, no ORM object and no flush per message.
+    None of them can be refused (the payload was validated before the transaction): each one's
+    outcome is its ack deadline."""
+    settings = get_settings()
+    deadlines: dict[tuple[datetime, NotificationKind], datetime] = {}  # a batch has one received_at
+    rows: list[dict[str, Any]] = []
+    acks: list[Outgoing] = []
+    for inbound in inbounds:
+        envelope, payload = inbound.envelope, inbound.envelope.payload
+        message_id, at = str(envelope.message_id), inbound.received_at
+        deadline = deadlines.get((at, payload.kind))
+        if deadline is None:
+            deadline = deadlines[at, payload.kind] = due_at(at, deadline_rule(settings, payload.kind))
+        auto = payload.kind in settings.notification_auto_ack_kinds
+        row = _fields(message_id, Direction.incoming, envelope.sender, NotificationStatus.received, payload)
+        # The columns not given here take their defaults (None), as in Notification(...).
+        row.update(
+            sent_at=envelope.sent_at,
+            received_at=at,
+            due_at=deadline,
+            acknowledged_at=None,
+            auto_acknowledged=False,
+            updated_at=utcnow(),
+        )
+        if auto:  # as _acknowledge does
+            row.update(status=NotificationStatus.acknowledged, acknowledged_at=at, auto_acknowledged=True)
+            acks.append(_ack_message(envelope.recipient, envelope.sender, message_id, at))
+        rows.append(row)
+    if rows:
+        session.connection().execute(insert(_NOTIFICATION), rows)
+    enqueue_many(session, acks)
+    return [row["due_at"] for row in rows]
+
+
 def acknowledge(session: Session, signer: NodeSigner, notification_id: int) -> Notification:
     """接收确认 by staff: the ack is queued for the sender in the same transaction."""
     notification = session.get(Notification, notification_id)
@@ -181,21 +324,51 @@ def acknowledge(session: Session, signer: NodeSigner, notification_id: int) -> N
     return notification
 
 
+def assign_notification(session: Session, notification_id: int, assignee: str) -> Notification:
+    """领取 / 指派: who in this bureau handles an incoming notification (until it is acknowledged)."""
+    notification = session.get(Notification, notification_id)
+    if notification is None or notification.direction != Direction.incoming:
+        raise NotFound(f"no incoming notification {notification_id}")
+    check_assignee(session, assignee)
+    changed = session.exec(
+        update(_NOTIFICATION)
+        .where(_NOTIFICATION.c.id == notification_id, _NOTIFICATION.c.status == NotificationStatus.received)
+        .values(assigned_to=assignee, updated_at=utcnow())
+    )
+    if changed.rowcount != 1:
+        raise Conflict("the notification is acknowledged: it is closed")
+    session.refresh(notification)
+    return notification
+
+
 def _acknowledge(
     session: Session, local_node: str, notification: Notification, at: datetime, *, auto: bool
 ) -> None:
     notification.status, notification.acknowledged_at = NotificationStatus.acknowledged, at
     notification.auto_acknowledged = auto
+    ack = _ack_message(local_node, notification.peer, notification.message_id, at)
     enqueue(
         session,
-        type=ACK,
-        sender=local_node,
-        recipient=notification.peer,
-        path=ack_path(notification.message_id),
-        payload=AckPayload(acknowledged_at=at),
-        correlation_id=UUID(notification.message_id),
+        type=ack.type,
+        sender=ack.sender,
+        recipient=ack.recipient,
+        path=ack.path,
+        payload=ack.payload,
+        correlation_id=ack.correlation_id,
     )
     _touch(session, notification)
+
+
+def _ack_message(local_node: str, peer: str, message_id: str, at: datetime) -> Outgoing:
+    """The 接收确认 this node sends for the notification ``message_id`` from ``peer``."""
+    return Outgoing(
+        type=ACK,
+        sender=local_node,
+        recipient=peer,
+        path=ack_path(message_id),
+        payload=AckPayload(acknowledged_at=at),
+        correlation_id=UUID(message_id),
+    )
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -284,22 +457,42 @@ def summary(n: Notification, now: datetime) -> NotificationSummary:
 def _new(
     message_id: str, direction: Direction, peer: str, status: NotificationStatus, payload: NotificationPayload
 ) -> Notification:
+    return Notification(**_fields(message_id, direction, peer, status, payload), sent_at=utcnow())
+
+
+def _fields(
+    message_id: str, direction: Direction, peer: str, status: NotificationStatus, payload: NotificationPayload
+) -> dict[str, Any]:
+    """A new notification's columns that come from its message (``_new``'s, and the bulk path's)."""
     details: BaseModel = payload.details
     assert isinstance(details, DETAILS[payload.kind])
-    return Notification(
-        message_id=message_id,
-        direction=direction,
-        peer=peer,
-        kind=payload.kind,
-        status=status,
-        subject_id_number=payload.subject.id_number,
-        subject_name=payload.subject.name,
-        subject_sex=payload.subject.sex,
-        subject_birth_date=payload.subject.birth_date,
-        occurred_on=payload.occurred_on,
-        details=json.dumps(details.model_dump(mode="json"), ensure_ascii=False),
-        sent_at=utcnow(),
+    return {
+        "message_id": message_id,
+        "direction": direction,
+        "peer": peer,
+        "kind": payload.kind,
+        "status": status,
+        "subject_id_number": payload.subject.id_number,
+        "subject_name": payload.subject.name,
+        "subject_sex": payload.subject.sex,
+        "subject_birth_date": payload.subject.birth_date,
+        "occurred_on": payload.occurred_on,
+        "details": json.dumps(details.model_dump(mode="json"), ensure_ascii=False),
+    }
+
+
+_NOTIFICATION = Notification.__table__  # type: ignore[attr-defined]
+# receive_acks' change to each notification acknowledged: the columns receive_ack sets.
+_ACKNOWLEDGED = (
+    update(_NOTIFICATION)
+    .where(_NOTIFICATION.c.id == bindparam("b_id"))
+    .values(
+        acknowledged_at=bindparam("b_acknowledged_at"),
+        ack_received_at=bindparam("b_ack_received_at"),
+        status=NotificationStatus.acknowledged,
+        updated_at=bindparam("b_updated_at"),
     )
+)
 
 
 def _touch(session: Session, notification: Notification) -> None:
