@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from service import names
 from service.clock import utcnow
-from service.console.templating import ROLE_NAMES
 from service.localnet import LocalNode, NodeStartError, build_network, port_in_use, stop_all, wait_for
 from service.models import Role
 from service.sla.deadlines import SHANGHAI
@@ -35,21 +35,8 @@ from service.sla.deadlines import SHANGHAI
 NODES = [("310110", "杨浦区"), ("410105", "金水区"), ("411627", "太康县")]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-TOPICS = {  # 协查事项
-    "marital_status": "婚育情况",
-    "contraception": "避孕节育",
-    "birth_registration": "生育登记",
-    "reward_eligibility": "奖励扶助资格",
-    "record_accuracy": "个案信息准确性",
-    "certificate_discrepancy": "婚育证明不一致",
-}
-MARITAL = {
-    "unmarried": "未婚",
-    "first_marriage": "初婚",
-    "remarried": "再婚",
-    "divorced": "离婚",
-    "widowed": "丧偶",
-}
+TOPICS = names.TOPICS  # 协查事项
+MARITAL = names.MARITAL
 
 
 @dataclass(frozen=True)
@@ -201,7 +188,7 @@ def _logins(console: Console, nodes: list[LocalNode]) -> None:
     _say(console, "  工作人员控制台（浏览器打开；每个角色一个演示账户）：")
     for node in nodes:
         logins = "  ".join(
-            f"{ROLE_NAMES[role]} {node.logins[role][0]} / {node.logins[role][1]}"
+            f"{names.ROLES[role]} {node.logins[role][0]} / {node.logins[role][1]}"
             for role in Role
             if role in node.logins
         )

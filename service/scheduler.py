@@ -11,6 +11,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from service.config import Settings, get_settings
 from service.exchange.jobs import nonce_sweep_job
 from service.sla.jobs import monthly_report_job, sla_sweep_job
+from service.sla.warnings import early_warning_job
 
 
 class Heartbeat:
@@ -46,6 +47,16 @@ def build_scheduler(
         seconds=settings.sweep_interval_seconds,
         next_run_time=datetime.now(UTC),  # real clock: APScheduler runs on it, not on the moved one
         id="sla_sweep",
+        max_instances=1,
+        coalesce=True,
+    )
+    # 预警: open items likely to miss their deadline, recorded when first flagged (service/sla/warnings.py).
+    scheduler.add_job(
+        early_warning_job,
+        "interval",
+        minutes=10,
+        next_run_time=datetime.now(UTC),  # real clock, as above
+        id="early_warning",
         max_instances=1,
         coalesce=True,
     )

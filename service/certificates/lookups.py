@@ -14,6 +14,7 @@ offered, or sent at once with ``certificate_discrepancy_auto_send``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -203,7 +204,8 @@ def send_discrepancy(
 ) -> VerificationCase:
     """Send the origin a certificate_discrepancy 协查 request about this check (once)."""
     if isinstance(check, int):
-        found = session.get(CertificateCheck, check)
+        # Locked (PostgreSQL): a double-click's second request waits and then finds the case sent.
+        found = session.get(CertificateCheck, check, with_for_update=True)
         if found is None:
             raise NotFound(f"no certificate check {check}")
         check = found
@@ -251,6 +253,37 @@ def summary(check: CertificateCheck) -> CheckSummary:
         discrepancy_case_id=check.discrepancy_case_id,
         checked_at=check.checked_at,
         checked_by=check.checked_by,
+    )
+
+
+_KEYID = re.compile(r';keyid="([^"]*)"')
+
+
+def check_result(session: Session, check_id: int) -> LookupResult:
+    """A stored check as its lookup answered it: the origin's signed answer, read back from the record.
+
+    Every stored check's signature was verified when the answer came (``query_peer``), else none is kept.
+    """
+    check = session.get(CertificateCheck, check_id)
+    if check is None:
+        raise NotFound(f"no certificate check {check_id}")
+    body = check.response_body.decode("utf-8")
+    keyid = _KEYID.search(check.response_signature_input)
+    return LookupResult(
+        check_id=_id(check),
+        origin_node=check.origin_node,
+        found=check.found,
+        certificate=json.loads(body).get("certificate") if check.found else None,
+        discrepancies=[Discrepancy(**d) for d in json.loads(check.discrepancy or "[]")],
+        discrepancy_request=DiscrepancyRequest(
+            suggested=_suggested(check), case_id=check.discrepancy_case_id
+        ),
+        signed_answer=SignedAnswer(
+            body=body,
+            keyid=keyid.group(1) if keyid else "",
+            signature_input=check.response_signature_input,
+            signature=check.response_signature,
+        ),
     )
 
 

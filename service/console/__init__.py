@@ -11,9 +11,21 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware import Middleware
 
+from service.clock import utcnow
 from service.config import Settings
-from service.console import account
-from service.console.auth import PREFIX, ConsoleForbidden, LoginRequired, csrf_middleware, login_url
+from service.console import account, admin, cases, outgoing, pending, people
+from service.console import stats as stats_pages
+from service.console import warnings as early_warnings
+from service.console.auth import (
+    COOKIE,
+    PREFIX,
+    ConsoleForbidden,
+    ConsoleUser,
+    LoginRequired,
+    csrf_middleware,
+    find_session,
+    login_url,
+)
 from service.console.templating import HERE, render
 
 ERRORS = {
@@ -37,10 +49,24 @@ def is_console(request: Request) -> bool:
     return request.url.path == PREFIX or request.url.path.startswith(PREFIX + "/")
 
 
+def _signed_in(request: Request) -> ConsoleUser | None:
+    """Who is signed in, for the menu of an error page; None if unknown or the database is down."""
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    try:
+        return find_session(cookie, utcnow(), request.app.state.settings)
+    except Exception:  # an error page must render whatever the database does
+        return None
+
+
 def error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
-    """The console's answer for an error the API would answer with problem+json."""
+    """The console's answer for an error the API would answer with problem+json (with the menu
+    of whoever is signed in, so they can go on from it)."""
     title, message = ERRORS.get(status, _UNEXPECTED)
-    response = render(request, "error.html", {"title": title, "message": message}, status_code=status)
+    user = _signed_in(request) if status < 500 else None
+    context = {"title": title, "message": message}
+    response = render(request, "error.html", context, user=user, status_code=status)
     for key in ("Retry-After", "Allow"):
         if headers and key in headers:
             response.headers[key] = headers[key]
@@ -65,6 +91,13 @@ def middleware(settings: Settings) -> Middleware:
 
 def install(app: FastAPI) -> None:
     app.include_router(account.router)
+    app.include_router(pending.router)
+    app.include_router(cases.router)
+    app.include_router(people.router)
+    app.include_router(outgoing.router)
+    app.include_router(admin.router)
+    app.include_router(stats_pages.router)
+    app.include_router(early_warnings.router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(ConsoleForbidden, _forbidden)

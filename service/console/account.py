@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.clock import utcnow
@@ -20,6 +20,8 @@ from service.console.auth import (
     audit,
     end_session,
     safe_next,
+    see_other,
+    source,
     start_session,
 )
 from service.console.templating import local_time, render
@@ -37,10 +39,6 @@ Text = Annotated[str, Form(max_length=200)]
 Secret = Annotated[str, Form(max_length=200)]
 
 
-def _source(request: Request) -> str:
-    return request.client.host if request.client else "-"
-
-
 def _set_cookie(response: Response, cookie: str, settings: Settings) -> None:
     response.set_cookie(
         COOKIE,
@@ -53,10 +51,6 @@ def _set_cookie(response: Response, cookie: str, settings: Settings) -> None:
     )
 
 
-def _see_other(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
-
-
 @router.get("/login")
 def login_page(request: Request, next: str = "") -> HTMLResponse:
     notice = "您已退出。" if request.query_params.get("bye") else None
@@ -67,23 +61,23 @@ def login_page(request: Request, next: str = "") -> HTMLResponse:
 def login(request: Request, username: Text, password: Secret, next: Text = "") -> Response:
     settings: Settings = request.app.state.settings
     policy = LockoutPolicy(settings.console_lockout_failures, settings.console_lockout_minutes)
-    now, source = utcnow(), _source(request)
+    now, address = utcnow(), source(request)
     username = username.strip()
     try:
         staff = check_password(username, password, now=now, policy=policy)
     except AccountLocked as exc:
-        audit("locked_out", username, source, until=exc.until.isoformat())
+        audit("locked_out", username, address, until=exc.until.isoformat())
         error = f"密码错误次数过多，账户已锁定，请于 {local_time(exc.until)} 后再试，或请管理员解锁。"
         context = {"error": error, "username": username, "next": safe_next(next)}
         return render(request, "login.html", context, status_code=423)
     except SignInFailed:
-        audit("sign_in_failed", username, source)
+        audit("sign_in_failed", username, address)
         context = {"error": "用户名或密码错误。", "username": username, "next": safe_next(next)}
         return render(request, "login.html", context, status_code=401)
     assert staff.id is not None
     cookie = start_session(staff.id, now)
-    audit("signed_in", staff.username, source)
-    response = _see_other(PASSWORD_PATH if staff.must_change_password else safe_next(next))
+    audit("signed_in", staff.username, address)
+    response = see_other(PASSWORD_PATH if staff.must_change_password else safe_next(next))
     _set_cookie(response, cookie, settings)
     return response
 
@@ -91,8 +85,8 @@ def login(request: Request, username: Text, password: Secret, next: Text = "") -
 @router.post("/logout")
 def logout(request: Request, user: SignedIn) -> Response:
     end_session(request.cookies.get(COOKIE, ""), utcnow())
-    audit("signed_out", user.staff.username, _source(request))
-    response = _see_other(f"{LOGIN_PATH}?bye=1")
+    audit("signed_out", user.staff.username, source(request))
+    response = see_other(f"{LOGIN_PATH}?bye=1")
     response.delete_cookie(COOKIE, path=PREFIX)
     return response
 
@@ -123,11 +117,11 @@ async def change_password(
             errors.extend(exc.detail.split("；"))
     if errors:
         return render(request, "password.html", {"errors": errors}, user=user, status_code=422)
-    audit("password_changed", user.staff.username, _source(request))
+    audit("password_changed", user.staff.username, source(request))
     # Every session of the account ended with the change: this browser gets a new one.
     assert user.staff.id is not None
     cookie = await run_in_threadpool(start_session, user.staff.id, utcnow())
-    response = _see_other(f"{PREFIX}/")
+    response = see_other(f"{PREFIX}/")
     _set_cookie(response, cookie, settings)
     return response
 

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from asgi_csrf import asgi_csrf  # type: ignore[import-untyped]
 from fastapi import Depends, Request
+from fastapi.responses import RedirectResponse
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
@@ -29,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.clock import utcnow
 from service.config import Settings
+from service.console import csrf_multipart
 from service.db import read_session, transaction
 from service.models import ConsoleSession, Role, Staff
 
@@ -46,6 +48,16 @@ def audit(event: str, username: str, source: str, **extra: object) -> None:
     """Sign-ins, failures, lock-outs and sign-outs (user names and addresses, never passwords)."""
     more = "".join(f" {k}={v}" for k, v in extra.items())
     _audit.info("console event=%s staff=%s source=%s%s", event, username, source, more)
+
+
+def source(request: Request) -> str:
+    """The client's address, for the audit log and the sign-in limits."""
+    return request.client.host if request.client else "-"
+
+
+def see_other(url: str) -> RedirectResponse:
+    """After a form: 303 to the page that shows the outcome (POST-redirect-GET)."""
+    return RedirectResponse(url, status_code=303)
 
 
 def _digest(cookie: str) -> str:
@@ -166,6 +178,11 @@ Supervisor = Annotated[ConsoleUser, Depends(allow(Role.supervisor, Role.admin))]
 Admin = Annotated[ConsoleUser, Depends(allow(Role.admin))]
 
 
+def can_act(user: ConsoleUser) -> bool:
+    """Whether the user may act (not only read): the forms a page offers them."""
+    return user.role in ACTORS
+
+
 def csrf_secret(settings: Settings) -> str:
     """The CSRF signing secret: the setting, or a random one kept in the keys folder (0600).
 
@@ -186,6 +203,7 @@ def csrf_secret(settings: Settings) -> str:
 
 def csrf_middleware(settings: Settings) -> Callable[..., Any]:
     """asgi-csrf for the console's forms only (the staff API uses bearer tokens, the peers signatures)."""
+    csrf_multipart.install()  # upload forms under python-multipart >= 0.0.26 (simonw/asgi-csrf#38)
     secret = csrf_secret(settings)
 
     def wrap(app: Any) -> Any:

@@ -13,13 +13,14 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from service import names
 from service.console.auth import CSRF_FIELD, ConsoleUser, security_headers
 from service.idnumbers import mask
 from service.models import Role
 
 HERE = Path(__file__).parent
 SHANGHAI = ZoneInfo("Asia/Shanghai")
-ROLE_NAMES = {Role.operator: "经办人", Role.supervisor: "负责人", Role.auditor: "审计", Role.admin: "管理员"}
+ROLE_NAMES = names.ROLES
 
 
 def local_time(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:

@@ -104,6 +104,21 @@ def remove_peer(session: Session, node_id: str) -> None:
     mark_changed(session, DIRECTORY)
 
 
+def retire_key(session: Session, keyid: str, at: datetime) -> PeerKey:
+    """Stop trusting one key of a peer from ``at`` (a rotation done, or a key revoked): its
+    ``not_after`` is set, so signatures made with it are refused; the row stays as the record.
+    A key already retired earlier keeps its earlier end."""
+    row = session.get(PeerKey, keyid)
+    if row is None:
+        raise NotFound(f"no key {keyid} in the directory")
+    if row.not_after is None or row.not_after > at:
+        row.not_after = at
+        session.add(row)
+        session.flush()
+        mark_changed(session, DIRECTORY)
+    return row
+
+
 def list_peers(session: Session) -> list[tuple[Peer, list[PeerKey]]]:
     peers = session.exec(select(Peer).order_by(Peer.node_id)).all()
     keys = session.exec(select(PeerKey).order_by(PeerKey.keyid)).all()

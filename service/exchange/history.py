@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.models import InboxMessage, OutboxMessage
 
@@ -63,3 +64,28 @@ def _received(m: InboxMessage) -> MessageRead:
 def _payload(body: bytes) -> dict[str, Any]:
     payload: dict[str, Any] = json.loads(body)["payload"]
     return payload
+
+
+_KEYID = re.compile(r';keyid="([^"]{1,40})"')
+
+
+def signing_keys(session: Session, conversation_id: str) -> dict[str, str]:
+    """Who signed what in a conversation: message_id → the keyid that signed the message received,
+    or the peer's signed receipt of a message sent (each checked when it arrived, before storing)."""
+    keys: dict[str, str] = {}
+    received = session.exec(
+        select(col(InboxMessage.message_id), col(InboxMessage.keyid)).where(
+            InboxMessage.conversation_id == conversation_id
+        )
+    )
+    keys.update(dict(received.all()))
+    sent = session.exec(
+        select(col(OutboxMessage.message_id), col(OutboxMessage.receipt_signature_input)).where(
+            OutboxMessage.conversation_id == conversation_id
+        )
+    )
+    for message_id, signature_input in sent:
+        match = _KEYID.search(signature_input or "")
+        if match:
+            keys[message_id] = match.group(1)
+    return keys

@@ -14,7 +14,7 @@ from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, S
 from service.models.node import LocalNode, NodeKey
 from service.models.notifications import Notification, NotificationKind, NotificationStatus
 from service.models.people import Child, ContraceptionMethod, MaritalStatus, Person
-from service.models.sla import ItemType, MonthlyReport, NoticeKind, StaffNotice
+from service.models.sla import EarlyWarning, ItemType, MonthlyReport, NoticeKind, StaffNotice
 from service.models.staff import ConsoleSession, PasswordHistory, Role, Staff
 from service.models.verification import (
     CaseStatus,
@@ -38,6 +38,7 @@ __all__ = [
     "ConsoleSession",
     "ContraceptionMethod",
     "Direction",
+    "EarlyWarning",
     "InboxMessage",
     "ItemType",
     "LocalNode",

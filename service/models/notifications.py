@@ -47,4 +47,5 @@ class Notification(SQLModel, table=True):  # 通报
     auto_acknowledged: bool = False
     overdue_at: datetime | None = utc_field(nullable=True)  # when the SLA sweep found it past due_at
     created_by: str | None = Field(default=None, max_length=64)
+    assigned_to: str | None = Field(default=None, max_length=64, index=True)  # staff username (领取/指派)
     updated_at: datetime = utc_field(default_now=True)

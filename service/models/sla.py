@@ -10,6 +10,7 @@ from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
 from service.models.staff import Role
+from service.models.verification import Direction
 
 
 class NoticeKind(StrEnum):
@@ -52,3 +53,25 @@ class MonthlyReport(SQLModel, table=True):  # 月报
     month: str = Field(max_length=7, unique=True)
     generated_at: datetime = utc_field()
     content: str = Field(sa_type=Text)
+
+
+class EarlyWarning(SQLModel, table=True):  # 预警
+    """An open item first flagged as likely to miss its deadline (service/sla/warnings.py).
+
+    Kept as raised, once per item, so that a month's warnings can be compared with the items
+    that were actually late (precision and recall)."""
+
+    __tablename__ = "early_warning"
+    __table_args__ = (
+        UniqueConstraint("item_type", "item_id", name="uq_early_warning_item"),
+        Index("ix_early_warning_due_at", "due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_type: ItemType = Field(max_length=16)
+    item_id: int
+    direction: Direction = Field(max_length=16)
+    due_at: datetime = utc_field()  # the item's deadline when the warning was raised
+    raised_at: datetime = utc_field()
+    reason: str = Field(sa_type=Text)  # the explanation shown to staff, in Chinese
+    probability: float | None = None  # the estimated chance of being on time; None: too little history

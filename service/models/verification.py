@@ -79,4 +79,9 @@ class VerificationCase(SQLModel, table=True):  # 协查个案
     overdue_at: datetime | None = utc_field(nullable=True)  # when the SLA sweep found it past due_at
     findings: str | None = Field(default=None, sa_type=Text)
     created_by: str | None = Field(default=None, max_length=64)
+    assigned_to: str | None = Field(default=None, max_length=64, index=True)  # staff username (领取/指派)
     updated_at: datetime = utc_field(default_now=True)
+    # 催办 of an overdue outgoing request, recorded here (the protocol has no reminder message):
+    # the latest chase and who made it (a staff user name).
+    chased_at: datetime | None = utc_field(nullable=True)
+    chased_by: str | None = Field(default=None, max_length=64)

@@ -15,8 +15,9 @@ from service.certificates import service as certificates
 from service.clock import utcnow
 from service.directory.service import get_peer
 from service.errors import DomainError, InvalidState, NotFound, ValidationFailed
-from service.models import BirthRegistration, Child, Person, Sex
+from service.models import BirthRegistration, Child, Notification, Person, Sex
 from service.notifications import service as notifications
+from service.notifications.schemas import NotificationSummary
 from service.people.schemas import (
     ChildIn,
     ChildRead,
@@ -208,6 +209,19 @@ def search(
         .limit(page_size)
     )
     return [summary(p) for p in session.exec(query)], total
+
+
+def notifications_of(session: Session, person_id: int, limit: int = 100) -> list[NotificationSummary]:
+    """通报 about one record, newest first: those sent for it, and those about its ID number."""
+    person = _load(session, person_id)
+    query = (
+        select(Notification)
+        .where((Notification.person_id == person_id) | (Notification.subject_id_number == person.id_number))
+        .order_by(col(Notification.sent_at).desc(), col(Notification.id).desc())
+        .limit(limit)
+    )
+    now = utcnow()
+    return [notifications.summary(n, now) for n in session.exec(query)]
 
 
 def summary(person: Person) -> PersonSummary:

@@ -121,9 +121,22 @@ def ensure_report(
 
 
 HEADERS = ["指标", "方向", "分组方式", "分组", "分子", "分母", "比率", "目标", "低于目标"]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: object) -> object:
+    """A text cell that a spreadsheet would read as a formula (= + - @, tab, CR) gets a leading
+    apostrophe, in CSV and XLSX alike (CSV/formula injection); numbers are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _cells(row: RateRow) -> list[object]:
+    return [neutralise(cell) for cell in _raw_cells(row)]
+
+
+def _raw_cells(row: RateRow) -> list[object]:
     return [
         row.metric_name,
         DIRECTION_NAMES[row.direction],
@@ -137,13 +150,14 @@ def _cells(row: RateRow) -> list[object]:
     ]
 
 
-def _title(report: MonthlyReport) -> list[str]:
-    return [
+def _title(report: MonthlyReport) -> list[object]:
+    cells = [
         f"{report.month} 流动人口信息交换月报",
         f"节点 {report.node_id}",
         f"生成时间 {report.generated_at.isoformat()}",
         f"上报截止 {report.due_by.isoformat()}",
     ]
+    return [neutralise(cell) for cell in cells]
 
 
 def to_csv(report: MonthlyReport) -> bytes:

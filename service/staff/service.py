@@ -10,6 +10,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -17,9 +19,9 @@ from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from service.errors import NotAuthenticated, TooManyRequests, ValidationFailed
+from service.errors import DomainError, NotAuthenticated, NotFound, TooManyRequests, ValidationFailed
 from service.models import Role, Staff
 from service.schemas import DB_ID_MAX
 from service.snapshots import Snapshot, mark_changed
@@ -48,6 +50,117 @@ def create_staff(session: Session, *, username: str, role: Role) -> tuple[Staff,
     session.flush()
     mark_changed(session, STAFF)
     return staff, f"yp_{staff.id}_{secret}"
+
+
+# --- account administration (the console's 管理 pages; hash before, store in one transaction) ----
+
+
+class OwnAccount(DomainError):
+    """An admin tried to deactivate or demote their own account (someone must stay admin)."""
+
+    status_code = 409
+    code = "own_account"
+    title = "Own account"
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A new bearer token's secret and its argon2 hash: made with ``new_token()`` before the
+    transaction that stores it (docs/storage.md); the token is shown once, never stored."""
+
+    secret: str
+    token_hash: str
+
+    def token(self, staff_id: int) -> str:
+        return f"yp_{staff_id}_{self.secret}"
+
+
+def new_token() -> NewToken:
+    secret = secrets.token_urlsafe(32)
+    return NewToken(secret, _hasher.hash(secret))
+
+
+def list_staff(session: Session) -> list[Staff]:
+    return list(session.exec(select(Staff).order_by(col(Staff.username))).all())
+
+
+def get_staff(session: Session, staff_id: int) -> Staff:
+    staff = session.get(Staff, staff_id)
+    if staff is None:
+        raise NotFound(f"no staff account {staff_id}")
+    return staff
+
+
+def replace_token(session: Session, staff_id: int, new: NewToken) -> str:
+    """Revoke the account's bearer token: a new hash, so the old token stops working at once (in this
+    process; within the snapshot's refresh in others). Returns the new token, to be shown once."""
+    staff = get_staff(session, staff_id)
+    staff.token_hash = new.token_hash
+    session.add(staff)
+    session.flush()
+    mark_changed(session, STAFF)
+    return new.token(staff_id)
+
+
+def set_active(session: Session, staff_id: int, active: bool, *, by: int, now: datetime) -> Staff:
+    """Deactivate (停用) or reactivate an account. Deactivation ends its console sessions; its
+    bearer token stops working since ``StaffAccounts`` checks ``active``."""
+    from service.staff.passwords import end_sessions  # passwords imports this module
+
+    if staff_id == by and not active:
+        raise OwnAccount("an admin cannot deactivate their own account")
+    staff = get_staff(session, staff_id)
+    staff.active = active
+    session.add(staff)
+    session.flush()
+    if not active:
+        end_sessions(session, staff_id, now)
+    mark_changed(session, STAFF)
+    return staff
+
+
+def set_role(session: Session, staff_id: int, role: Role, *, by: int) -> Staff:
+    staff = get_staff(session, staff_id)
+    if staff_id == by and staff.role == Role.admin and role != Role.admin:
+        raise OwnAccount("an admin cannot demote their own account")
+    staff.role = role
+    session.add(staff)
+    session.flush()
+    mark_changed(session, STAFF)
+    return staff
+
+
+def unlock(session: Session, staff_id: int) -> Staff:
+    """Lift a lock-out after too many wrong passwords (the count starts again)."""
+    staff = get_staff(session, staff_id)
+    staff.failed_logins, staff.locked_until = 0, None
+    session.add(staff)
+    session.flush()
+    mark_changed(session, STAFF)
+    return staff
+
+
+_PASSWORD_ALPHABETS = (
+    "ABCDEFGHJKLMNPQRSTUVWXYZ",  # no I, O: read aloud or copied by hand
+    "abcdefghijkmnpqrstuvwxyz",  # no l, o
+    "23456789",  # no 0, 1
+    "-_.!@#%+=",
+)
+
+
+def one_time_password(username: str, length: int = 16) -> str:
+    """A random console password that meets the policy, for an admin to hand over; it must be
+    changed at the first sign-in (``set_password(..., must_change=True)``)."""
+    from service.staff.passwords import policy_problems
+
+    every = "".join(_PASSWORD_ALPHABETS)
+    while True:
+        chars = [secrets.choice(alphabet) for alphabet in _PASSWORD_ALPHABETS]
+        chars += [secrets.choice(every) for _ in range(length - len(chars))]
+        secrets.SystemRandom().shuffle(chars)
+        password = "".join(chars)
+        if not policy_problems(password, username):
+            return password
 
 
 class StaffAccounts:

@@ -7,14 +7,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, col, or_, select
 
 from service import idnumbers
 from service.clock import utcnow
 from service.config import Settings, get_settings
 from service.directory.service import get_peer
-from service.errors import Conflict, Forbidden, NotFound, UnknownRequest, ValidationFailed
+from service.errors import Conflict, Forbidden, InvalidState, NotFound, UnknownRequest, ValidationFailed
 from service.exchange.envelope import Receipt
 from service.exchange.history import conversation
 from service.exchange.inbox import InboundMessage
@@ -24,6 +24,8 @@ from service.models import (
     Direction,
     OutboxMessage,
     Priority,
+    Role,
+    Staff,
     Topic,
     VerificationCase,
 )
@@ -138,7 +140,7 @@ def receive_request(session: Session, inbound: InboundMessage[RequestPayload]) -
 
 def acknowledge(session: Session, signer: NodeSigner, case_id: int, data: AckCreate) -> VerificationCase:
     case = _incoming_case(session, case_id)
-    states.move(case, CaseStatus.acknowledged)
+    _claim(session, case, CaseStatus.acknowledged)
     case.acknowledged_at, case.promised_by = utcnow(), data.promised_by
     _answer(
         session,
@@ -153,11 +155,44 @@ def acknowledge(session: Session, signer: NodeSigner, case_id: int, data: AckCre
 
 def reply(session: Session, signer: NodeSigner, case_id: int, data: ReplyCreate) -> VerificationCase:
     case = _incoming_case(session, case_id)
-    states.move(case, CaseStatus.answered)
+    _claim(session, case, CaseStatus.answered)
     case.outcome, case.findings, case.answered_at = data.outcome, data.findings, utcnow()
     payload = ReplyPayload(outcome=data.outcome, findings=data.findings, answered_at=case.answered_at)
     _answer(session, signer, case, REPLY, "reply", payload)
     return case
+
+
+def assign_case(session: Session, case_id: int, assignee: str) -> VerificationCase:
+    """领取 / 指派: who in this bureau handles an incoming case (until it is answered)."""
+    case = _incoming_case(session, case_id)
+    check_assignee(session, assignee)
+    changed = session.exec(
+        update(_CASE)
+        .where(_CASE.c.id == case_id, _CASE.c.status != CaseStatus.answered)
+        .values(assigned_to=assignee, updated_at=utcnow())
+    )
+    if changed.rowcount != 1:
+        raise Conflict("the case is answered: it is closed")
+    session.refresh(case)
+    return case
+
+
+def assignees(session: Session) -> list[str]:
+    """Who an item may be assigned to: active operators and supervisors, by user name."""
+    rows = session.exec(
+        select(Staff.username)
+        .where(col(Staff.active), col(Staff.role).in_([Role.operator, Role.supervisor]))
+        .order_by(Staff.username)
+    )
+    return list(rows)
+
+
+def check_assignee(session: Session, username: str) -> Staff:
+    """An item is assigned to an active account that may act on it (not an auditor)."""
+    staff = session.exec(select(Staff).where(Staff.username == username)).first()
+    if staff is None or not staff.active or staff.role == Role.auditor:
+        raise ValidationFailed("the assignee is not an active operator or supervisor", field="assignee")
+    return staff
 
 
 def on_reply_receipt(session: Session, message: OutboxMessage, receipt: Receipt) -> None:
@@ -311,8 +346,50 @@ def _counterparty_case(
     return case
 
 
+def _claim(session: Session, case: VerificationCase, to: CaseStatus) -> None:
+    """Move an incoming case on, race-safe: the UPDATE changes the row only if its status is still
+    the one read, so of two staff (or two tabs) answering at once exactly one sends a message; the
+    other gets InvalidState (409). On PostgreSQL the second UPDATE waits for the first to commit and
+    then matches no row; on SQLite write transactions take turns (``BEGIN IMMEDIATE``)."""
+    read = case.status
+    if not states.can_move(case, to):
+        raise InvalidState(f"a case that is {read.value} cannot become {to.value}")
+    changed = session.exec(
+        update(_CASE).where(_CASE.c.id == case.id, _CASE.c.status == read).values(status=to)
+    )
+    if changed.rowcount != 1:
+        raise InvalidState(f"the case is no longer {read.value}")
+    case.status = to  # as stored (the object was read before the UPDATE)
+
+
+_CASE = VerificationCase.__table__  # type: ignore[attr-defined]
+
+
 def _incoming_case(session: Session, case_id: int) -> VerificationCase:
     case = session.get(VerificationCase, case_id)
     if case is None or case.direction != Direction.incoming:
         raise NotFound(f"no incoming case {case_id}")
+    return case
+
+
+# --- 催办: chasing the peer about an overdue outgoing request ------------------------------------
+
+
+def chase(session: Session, case_id: int, staff: str, now: datetime) -> VerificationCase:
+    """Record a 催办 (chase) of an overdue, unanswered outgoing request: who and when.
+
+    The protocol has no reminder message: the chase itself goes by telephone or letter, and the
+    node keeps the latest one on the case. Only a request past its deadline and not answered."""
+    case = session.get(VerificationCase, case_id)
+    if case is None or case.direction != Direction.outgoing:
+        raise NotFound(f"no outgoing case {case_id}")
+    table = VerificationCase.__table__  # type: ignore[attr-defined]
+    changed = session.exec(
+        update(table)
+        .where(table.c.id == case_id, table.c.status != CaseStatus.answered, table.c.due_at < now)
+        .values(chased_at=now, chased_by=staff, updated_at=now)
+    )
+    if changed.rowcount != 1:
+        raise InvalidState("only an overdue request that is not answered can be chased")
+    session.refresh(case)
     return case

@@ -267,3 +267,34 @@ def test_a_month_regenerated_after_later_activity_reads_the_same(engine: Engine)
     assert (year_so_far.numerator, year_so_far.denominator) == (3, 3)  # the year as it stands now
     assert after.generated_at > before.generated_at
     assert after.rows == before.rows
+
+
+def test_text_cells_that_look_like_formulas_are_neutralised_in_csv_and_xlsx() -> None:
+    import csv
+    from datetime import UTC
+
+    from service.sla.schemas import MonthlyReport, RateRow
+
+    values = ["=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "411627"]
+    rows = [
+        RateRow(metric="feedback_rate", metric_name="协查信息反馈率", direction="incoming", dimension="peer",
+                value=value, numerator=1, denominator=2, rate=0.5, target=0.96, below_target=True)
+        for value in values
+    ]
+    report = MonthlyReport(
+        month="2026-05", node_id="410105", generated_at=datetime(2026, 6, 1, 1, 0, tzinfo=UTC),
+        period_start=datetime(2026, 4, 30, 16, 0, tzinfo=UTC),
+        period_end=datetime(2026, 5, 31, 16, 0, tzinfo=UTC),
+        due_by=date(2026, 6, 4), targets={"feedback_rate": 0.96}, rows=rows, below_target=len(rows),
+    )
+    expected = ["'=HYPERLINK(\"http://x\")", "'+1", "'-1", "'@SUM(A1)", "'\tx", "411627"]
+    lines = reports.to_csv(report).decode("utf-8-sig").split("\r\n")
+    parsed = list(csv.reader(lines[2:-1]))
+    assert [line[3] for line in parsed] == expected
+    assert lines[0].startswith("2026-05 ")
+    sheet = load_workbook(io.BytesIO(reports.to_xlsx(report))).active
+    assert sheet is not None
+    cells = [sheet.cell(row=3 + i, column=4) for i in range(len(values))]
+    assert [c.value for c in cells] == expected
+    assert all(c.data_type == "s" for c in cells)  # text, not a formula
+    assert sheet.cell(row=3, column=5).value == 1  # numbers stay numbers
