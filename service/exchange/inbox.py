@@ -93,10 +93,15 @@ class Accepted:
     body: bytes
 
 
+_NONCES = SeenNonce.__table__  # type: ignore[attr-defined]
+_INBOX = InboxMessage.__table__  # type: ignore[attr-defined]
+
+
 def _record_nonce(session: Session, sig: VerifiedSignature, keep_until: datetime) -> None:
-    session.add(SeenNonce(keyid=sig.keyid, nonce=sig.nonce or "", expires_at=keep_until))
+    # A Core INSERT: on the hot path of every peer request, no ORM unit of work for one row.
+    values = {"keyid": sig.keyid, "nonce": sig.nonce or "", "expires_at": keep_until}
     try:
-        session.flush()
+        session.connection().execute(insert(_NONCES).values(values))
     except IntegrityError as exc:
         raise Replayed("this (keyid, nonce) was already used") from exc
 
@@ -207,22 +212,23 @@ def accept(
     received_at = now.replace(microsecond=0)
     assert endpoint.handle is not None
     due_at = endpoint.handle(session, InboundMessage(envelope, received_at, signature.keyid))
-    row = InboxMessage(
-        message_id=message_id,
-        type=endpoint.message_type,
-        sender=envelope.sender,
-        conversation_id=str(envelope.correlation_id or envelope.message_id),
-        body=body,
-        digest=digest,
-        keyid=signature.keyid,
-        signature_input=signature.signature_input,
-        signature=signature.signature,
-        received_at=received_at,
-        due_at=due_at,
+    session.flush()  # the domain's rows first (as the ORM would order them), then the inbox row
+    session.connection().execute(
+        insert(_INBOX).values(
+            message_id=message_id,
+            type=endpoint.message_type,
+            sender=envelope.sender,
+            conversation_id=str(envelope.correlation_id or envelope.message_id),
+            body=body,
+            digest=digest,
+            keyid=signature.keyid,
+            signature_input=signature.signature_input,
+            signature=signature.signature,
+            received_at=received_at,
+            due_at=due_at,
+        )
     )
-    session.add(row)
-    session.flush()
-    return Accepted(202, _receipt(row, "accepted"))
+    return Accepted(202, _receipt_of(message_id, _Known(digest, received_at, due_at), "accepted"))
 
 
 @dataclass(frozen=True)
@@ -312,7 +318,7 @@ def accept_batch(
     if run:
         take_run()
     if rows:
-        session.connection().execute(insert(InboxMessage.__table__), rows)  # type: ignore[attr-defined]
+        session.connection().execute(insert(_INBOX), rows)
     done = [outcome for outcome in outcomes if outcome is not None]
     assert len(done) == len(items)
     return done

@@ -66,7 +66,9 @@ def new_login(node: LocalNode, role: Role, *, must_change: bool = False) -> tupl
     return username, password
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an asyncio loop running in this thread
+# while it is open, and other tests on the same xdist worker call asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         reason = f"the console tests need Debian's Chromium at {CHROMIUM} (apt-get install chromium)"
