@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -202,10 +202,20 @@ def receive_ack(session: Session, inbound: InboundMessage[AckPayload]) -> dateti
     if refusal is not None:
         raise refusal
     assert notification is not None
-    notification.acknowledged_at = inbound.envelope.payload.acknowledged_at
-    notification.ack_received_at = inbound.received_at
-    notification.status = NotificationStatus.acknowledged
-    _touch(session, notification)
+    # Only if still unacknowledged as stored now: two acks at once on PostgreSQL, one is taken.
+    taken = session.connection().execute(
+        update(_NOTIFICATION)
+        .where(_NOTIFICATION.c.id == notification.id, _NOTIFICATION.c.acknowledged_at.is_(None))
+        .values(
+            acknowledged_at=inbound.envelope.payload.acknowledged_at,
+            ack_received_at=inbound.received_at,
+            status=NotificationStatus.acknowledged,
+            updated_at=utcnow(),
+        )
+    )
+    if taken.rowcount != 1:
+        raise Conflict("the notification is already acknowledged")
+    session.expire(notification)
     return None
 
 
@@ -259,8 +269,21 @@ def receive_acks(
 # --- the notified side -----------------------------------------------------------------------
 
 
+def _taken(session: Session, message_ids: Collection[str]) -> set[str]:
+    """Those of ``message_ids`` a notification here has already (one this node sent, say): a peer's
+    message that reuses one is refused as a conflict, not left to fail on the unique index."""
+    query = select(Notification.message_id).where(col(Notification.message_id).in_(message_ids))
+    return set(session.exec(query).all())
+
+
+def _reused(message_id: str) -> DomainError:
+    return Conflict(f"message_id {message_id} is already used by another notification on this node")
+
+
 def receive_notification(session: Session, inbound: InboundMessage[NotificationPayload]) -> datetime | None:
     envelope, payload = inbound.envelope, inbound.envelope.payload
+    if _taken(session, [str(envelope.message_id)]):
+        raise _reused(str(envelope.message_id))
     settings = get_settings()
     notification = _new(
         str(envelope.message_id), Direction.incoming, envelope.sender, NotificationStatus.received, payload
@@ -280,15 +303,20 @@ def receive_notifications(
     """``receive_notification`` for a batch's run of 通报, in order (the bulk path,
     ``PeerEndpoint.handle_many``): the same rows — the notification, and the ack queued for the kinds
     acknowledged on receipt — written in one statement each, no ORM object and no flush per message.
-    None of them can be refused (the payload was validated before the transaction): each one's
-    outcome is its ack deadline."""
+    Each one's outcome is its ack deadline, or a conflict when its message_id is one a notification
+    here has already (the payload was validated before the transaction)."""
     settings = get_settings()
     deadlines: dict[tuple[datetime, NotificationKind], datetime] = {}  # a batch has one received_at
     rows: list[dict[str, Any]] = []
     acks: list[Outgoing] = []
+    outcomes: list[datetime | DomainError | None] = []
+    taken = _taken(session, [str(inbound.envelope.message_id) for inbound in inbounds])
     for inbound in inbounds:
         envelope, payload = inbound.envelope, inbound.envelope.payload
         message_id, at = str(envelope.message_id), inbound.received_at
+        if message_id in taken:
+            outcomes.append(_reused(message_id))
+            continue
         deadline = deadlines.get((at, payload.kind))
         if deadline is None:
             deadline = deadlines[at, payload.kind] = due_at(at, deadline_rule(settings, payload.kind))
@@ -307,10 +335,11 @@ def receive_notifications(
             row.update(status=NotificationStatus.acknowledged, acknowledged_at=at, auto_acknowledged=True)
             acks.append(_ack_message(envelope.recipient, envelope.sender, message_id, at))
         rows.append(row)
+        outcomes.append(deadline)
     if rows:
         session.connection().execute(insert(_NOTIFICATION), rows)
     enqueue_many(session, acks)
-    return [row["due_at"] for row in rows]
+    return outcomes
 
 
 def acknowledge(session: Session, signer: NodeSigner, notification_id: int) -> Notification:

@@ -270,6 +270,7 @@ class Scenario:
             (canonical(ack_a), 200),  # the same ack again: a duplicate
             (request(), 202),  # no bulk path: a SAVEPOINT of its own, between the runs
             (notification("pregnancy"), 202),
+            (notification("birth", message_id=sent["c"]), 409),  # the id of a notification we sent
             (refused_first, 404),
             (again_other, 202),  # the same message_id as the refused one, taken afresh
             (notification("departure", message_id=refused_first["message_id"]), 409),  # now stored as the ack
