@@ -36,6 +36,7 @@ from service.config import Settings
 from service.console.auth import (
     PREFIX,
     READERS,
+    REVEAL_REASONS,
     Actor,
     ConsoleUser,
     Reader,
@@ -82,13 +83,6 @@ NOTIFICATION_STATUS = {
     NotificationStatus.received: "已收到，待确认", NotificationStatus.acknowledged: "已确认",
 }  # fmt: skip
 DIRECTIONS = {Direction.outgoing: "发出", Direction.incoming: "收到"}
-# Why a full ID number is shown: a fixed list, so the audit line names the reason and nothing else.
-REVEAL_REASONS = {
-    "identity": "核实本人身份",
-    "service": "办理服务事项",
-    "verification": "协查核对",
-    "correction": "更正登记信息",
-}
 DISCREPANCY_FIELDS = {**lookups.LABELS}
 VALUE_LABELS: dict[str, str] = {str(k): v for k, v in (*MARITAL.items(), *CONTRACEPTION.items())}
 
@@ -124,7 +118,6 @@ def _labels() -> dict[str, Any]:
         "KINDS": KINDS,
         "NOTIFICATION_STATUS": NOTIFICATION_STATUS,
         "DIRECTIONS": DIRECTIONS,
-        "REVEAL_REASONS": REVEAL_REASONS,
         "DISCREPANCY_FIELDS": DISCREPANCY_FIELDS,
         "VALUE_LABELS": VALUE_LABELS,
         "FIELD_LABELS": FIELD_LABELS,

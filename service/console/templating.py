@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service import names
-from service.console.auth import CSRF_FIELD, ConsoleUser, security_headers
+from service.console.auth import CSRF_FIELD, REVEAL_REASONS, ConsoleUser, security_headers
 from service.idnumbers import mask
 from service.models import Role
 
@@ -67,6 +67,7 @@ _env.filters["local_date"] = local_date
 _env.filters["mask_id"] = mask
 _env.globals["ROLE_NAMES"] = ROLE_NAMES
 _env.globals["nav"] = nav
+_env.globals["REVEAL_REASONS"] = REVEAL_REASONS
 _env.globals["CSRF_FIELD"] = CSRF_FIELD
 templates = Jinja2Templates(env=_env)
 

@@ -253,7 +253,7 @@ def test_auditor_reads_the_case_but_may_not_answer_or_reveal(
     )
     assert reply.status == 403
     assert "无权访问" in reply.text()
-    for path, form in (("reveal", {"reason": "审计抽查"}), ("ack", {}), ("assign", {})):
+    for path, form in (("reveal", {"reason": "verification"}), ("ack", {}), ("assign", {})):
         refused = page.request.post(f"{base}/{path}", form={"csrftoken": token, **form})
         assert refused.status == 403, path
         assert out["sent_subject"]["id_number"] not in refused.text()
@@ -267,12 +267,12 @@ def test_operator_reveals_the_id_number_with_a_reason(page: Page, host: LocalNod
     sign_in(page, origin, Role.operator)
     page.goto(f"{origin.url}/console/cases/{case_id}")
     page.get_by_text("显示完整身份证号", exact=True).first.click()  # the <summary>
-    page.get_by_label("查看原因（必填，将记入审计日志）").fill("x")
-    page.evaluate("document.getElementById('reason').removeAttribute('minlength')")
-    page.get_by_role("button", name="显示完整身份证号").click()
-    expect(page.locator("#reason-error")).to_have_text("请填写查看原因（2–200 字）。")
+    reason = page.get_by_label("查看完整身份证号的事由（必选，将记入审计日志）")
+    page.evaluate("document.getElementById('reason').removeAttribute('required')")
+    page.get_by_role("button", name="显示完整身份证号").click()  # no reason chosen
+    expect(page.locator("#reason-error")).to_have_text("请选择查看完整身份证号的事由。")
     expect(page.locator("#full-id")).to_have_count(0)
-    page.get_by_label("查看原因（必填，将记入审计日志）").fill("与户籍系统核对身份")
+    reason.select_option(label="协查核对")
     page.get_by_role("button", name="显示完整身份证号").click()
     expect(page.locator("#full-id")).to_have_text(number)
     assert number not in page.url
