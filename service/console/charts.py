@@ -76,7 +76,7 @@ def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 1
 
 def bar_chart(title: str, bars: list[Bar]) -> Markup:
     """Horizontal bars from 0 to 100%, each with its target as a dashed tick across the bar."""
-    label_w, plot_w, value_w, row_h, top = 230, 330, 150, 26, 24
+    label_w, plot_w, value_w, row_h, top = 270, 330, 150, 26, 24  # 20 CJK characters at 12px fit
     width = label_w + plot_w + value_w
     height = top + row_h * max(len(bars), 1) + 24
     desc = (

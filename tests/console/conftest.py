@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Dialog, Page, sync_playwright
 
 from service.clock import utcnow
 from service.db import make_engine, transaction
@@ -102,3 +102,57 @@ def sign_in(page: Page, node: LocalNode, who: Role | tuple[str, str]) -> None:
     page.get_by_label("密码", exact=True).fill(password)
     page.get_by_role("button", name="登录").click()
     page.wait_for_load_state()
+
+
+# What the browser reports about a page: errors, refused content (CSP) and where it sent requests.
+CSP_WATCH = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  (window.__cspViolations = window.__cspViolations || []).push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+class PageWatch:
+    """Listens to a page from before its first navigation: console errors, uncaught exceptions,
+    CSP violations, dialogs (alert, confirm…) and every request URL. ``take()`` returns what was
+    seen since the last call and starts afresh, so a test checks page by page."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+        page.add_init_script(CSP_WATCH)
+        page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on("request", lambda r: self.requests.append(r.url))
+        page.on("response", lambda r: self.errors.append(f"{r.status}: {r.url}") if r.status >= 400 else None)
+        page.on("dialog", self._dialog)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def csp_violations(self) -> list[str]:
+        found: list[str] = self.page.evaluate("window.__cspViolations || []")
+        return found
+
+    def assert_clean(self, node: LocalNode, where: str, *, status: int = 200) -> None:
+        """Nothing went wrong on the page now shown, and it asked only its own node for anything.
+        An error page (``status``) is itself reported by Chromium as a failed load: that one is expected."""
+        expected = f"the server responded with a status of {status}"
+        errors = [
+            e for e in self.errors if status == 200 or not (expected in e or e.startswith(f"{status}: "))
+        ]
+        outside = [
+            url for url in self.requests
+            if not (url.startswith(f"{node.url}/") or url.startswith(("data:", "about:")))
+        ]
+        problems = {
+            "errors": errors,
+            "csp": self.csp_violations(),
+            "outside requests": outside,
+            "dialogs": self.dialogs,
+        }
+        self.errors, self.requests, self.dialogs = [], [], []
+        assert not any(problems.values()), f"{where}: {problems}"
