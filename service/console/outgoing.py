@@ -161,7 +161,9 @@ def _after(sent_at: Any, ident: Any, kind: Kind, cursor: Cursor | None) -> Colum
         return col(sent_at) <= cursor.sent_at
     if _RANK[kind] > _RANK[cursor.kind]:
         return col(sent_at) < cursor.sent_at
-    return or_(col(sent_at) < cursor.sent_at, and_(col(sent_at) == cursor.sent_at, col(ident) < cursor.id))
+    # The same rows as "sent_at < c OR (sent_at = c AND id < c.id)", written so that the index
+    # (direction, sent_at, id) is entered at the cursor rather than walked from the newest row.
+    return and_(col(sent_at) <= cursor.sent_at, or_(col(sent_at) < cursor.sent_at, col(ident) < cursor.id))
 
 
 def _cases(session: Session, f: Filters, cursor: Cursor | None, now: datetime, limit: int) -> list[Item]:

@@ -24,7 +24,10 @@ class NotificationStatus(StrEnum):
 
 class Notification(SQLModel, table=True):  # 通报
     __tablename__ = "notification"
-    __table_args__ = (Index("ix_notification_queue", "direction", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_notification_queue", "direction", "status", "due_at"),
+        Index("ix_notification_sent", "direction", "sent_at", "id"),  # 已发, newest first (keyset)
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=36, unique=True)

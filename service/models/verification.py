@@ -52,7 +52,10 @@ class Sex(StrEnum):
 
 class VerificationCase(SQLModel, table=True):  # 协查个案
     __tablename__ = "verification_case"
-    __table_args__ = (Index("ix_case_queue", "direction", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_case_queue", "direction", "status", "due_at"),
+        Index("ix_case_sent", "direction", "sent_at", "id"),  # 已发, newest first (keyset)
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     request_message_id: str = Field(unique=True, max_length=36)
