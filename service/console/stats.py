@@ -169,7 +169,8 @@ def dashboard(
     metric: Annotated[str, Query(max_length=60)] = "feedback_rate:incoming",
     read: Annotated[bool, Query()] = False,
 ) -> HTMLResponse:
-    """This month so far and the last twelve, against the targets; breakdowns; the notices."""
+    """This month so far and the last twelve (their monthly reports), against the targets;
+    breakdowns; the notices."""
     try:
         chosen = _choice(metric)
     except ValidationFailed:
@@ -178,7 +179,14 @@ def dashboard(
     names = peer_names(session)
     current = _today().replace(day=1)
     months = _months_back(current, 12)
-    by_month = {first: month_rates(session, first) for first in months}
+    # A closed month reads its stored monthly report (generated once, as the report page does);
+    # only this month is computed on each request.
+    by_month = {
+        first: month_rates(session, first)
+        if first == current
+        else reports.ensure_report(session, f"{first:%Y-%m}", _settings(request))[0].rows
+        for first in months
+    }
     this_month = by_month[current]
     label = metric_label(*chosen)
     trend = []
