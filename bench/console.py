@@ -413,7 +413,7 @@ def run_backend(backend: str, args: argparse.Namespace, root: Path, stack: ExitS
     node = LocalNode(NODE[0], NODE[1], free_ports(1), root / backend, env)
     say(f"[{backend}] initialising the node")
     node.init(console_logins=True)
-    now = datetime.now(UTC)
+    now = datetime.now(UTC)  # real clock: the node it seeds runs on it
     share = args.small / args.cases
     small = (args.small, int(args.people * share), int(args.notifications * share))
     full = (args.cases, args.people, args.notifications)
