@@ -34,7 +34,7 @@ from service.console.auth import (
 )
 from service.console.templating import SHANGHAI, render
 from service.db import read_session, transaction
-from service.directory.service import list_peers
+from service.directory.service import peer_names as directory_peer_names
 from service.errors import Conflict, InvalidState, NotFound, ValidationFailed
 from service.exchange.history import MessageRead, signing_keys
 from service.exchange.security import SignerDep
@@ -194,7 +194,7 @@ def safe_back(value: str, fallback: str) -> str:
 
 def peer_names() -> dict[str, str]:
     with read_session() as session:
-        return {peer.node_id: peer.name for peer, _keys in list_peers(session)}
+        return directory_peer_names(session)
 
 
 def assignees() -> list[str]:

@@ -26,7 +26,7 @@ from service.clock import utcnow
 from service.console.auth import ACTORS, PREFIX, READERS, Actor, Admin, Reader, audit, source
 from service.console.templating import add_nav, render
 from service.db import read_session, transaction
-from service.directory.service import list_peers
+from service.directory.service import peer_names
 from service.exchange import outbox
 from service.models import (
     CaseStatus,
@@ -308,7 +308,7 @@ def outgoing_list(request: Request, user: Reader) -> HTMLResponse:
     now = utcnow()
     with read_session() as session:
         items, next_cursor = outgoing_page(session, filters, cursor, now)
-        peers = {peer.node_id: peer.name for peer, _keys in list_peers(session)}
+        peers = peer_names(session)
     return render(
         request,
         "outgoing/list.html",

@@ -33,7 +33,7 @@ from service.console.cases import (
 )
 from service.console.templating import add_nav, render
 from service.db import read_session
-from service.directory.service import list_peers
+from service.directory.service import peer_names
 from service.models import (
     CaseStatus,
     Direction,
@@ -329,7 +329,7 @@ def pending(request: Request, user: Reader, after: str = "") -> HTMLResponse:
     with read_session() as session:
         rows = queue(session, filters, cursor, me, now, PAGE_SIZE + 1)
         numbers = counts(session, me, now)
-        peers = {peer.node_id: peer.name for peer, _keys in list_peers(session)}
+        peers = peer_names(session)
         staff = assignees(session)
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]

@@ -22,21 +22,19 @@ from service.console.auth import PREFIX, Actor, ConsoleUser, Reader, audit, sour
 from service.console.charts import Bar, bar_chart, trend_chart
 from service.console.templating import add_nav, render
 from service.db import SessionDep, transaction
+from service.directory.service import peer_names
 from service.errors import ValidationFailed
 from service.models import ItemType, NoticeKind, Role
+from service.names import KINDS as KIND_NAMES
+from service.names import PRIORITIES as PRIORITY_NAMES
+from service.names import TOPICS as TOPIC_NAMES
 from service.notices import service as notices
 from service.sla import report as reports
 from service.sla.deadlines import SHANGHAI
 from service.sla.rates import HEADLINES, month_rates, next_month, parse_month, require_complete
 from service.sla.report import previous_month, targets
 from service.sla.schemas import DIMENSION_NAMES, DIRECTION_NAMES, METRIC_NAMES, MonthlyReport, RateRow
-from service.sla.warnings import (
-    KIND_NAMES,
-    PRIORITY_NAMES,
-    TOPIC_NAMES,
-    peer_names,
-    prediction_quality,
-)
+from service.sla.warnings import prediction_quality
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
 add_nav(40, "统计", f"{PREFIX}/stats", "反馈率、处理率等指标与目标对比，月报下载", tuple(Role))

@@ -125,6 +125,12 @@ def list_peers(session: Session) -> list[tuple[Peer, list[PeerKey]]]:
     return [(p, [k for k in keys if k.node_id == p.node_id]) for p in peers]
 
 
+def peer_names(session: Session) -> dict[str, str]:
+    """Each peer's name by its node id (for pages and reports)."""
+    rows = session.exec(select(Peer.node_id, Peer.name)).all()
+    return {str(node_id): str(name) for node_id, name in rows}
+
+
 def get_peer(session: Session, node_id: str) -> Peer | None:
     return session.get(Peer, node_id)
 

@@ -50,6 +50,7 @@ from sqlmodel import Session, SQLModel, col
 from service import names
 from service.clock import utcnow
 from service.db import read_session, transaction
+from service.directory.service import peer_names
 from service.models import (
     CaseStatus,
     Direction,
@@ -57,7 +58,6 @@ from service.models import (
     ItemType,
     Notification,
     NotificationStatus,
-    Peer,
     Topic,
     VerificationCase,
 )
@@ -301,11 +301,6 @@ def _paces(past: Iterable[Item], now: datetime, policy: Policy) -> dict[ItemType
         if item.direction == Direction.incoming and item.done_at is not None and item.done_at > since:
             done[item.item_type] += 1
     return {item_type: count / policy.pace_days for item_type, count in done.items()}
-
-
-def peer_names(session: Session) -> dict[str, str]:
-    rows = session.execute(select(col(Peer.node_id), col(Peer.name))).all()
-    return {str(node_id): str(name) for node_id, name in rows}
 
 
 def forecast(session: Session, now: datetime, policy: Policy | None = None) -> Outlook:
