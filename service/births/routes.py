@@ -19,15 +19,14 @@ ERRORS = staff_errors(404, 409, 422)
 
 
 @router.post("", status_code=201, response_model=BirthRegistrationRead, responses=ERRORS)
-def register(
-    data: BirthRegistrationCreate, session: SessionDep, signer: SignerDep, staff: Actor
-) -> BirthRegistrationRead:
+def register(data: BirthRegistrationCreate, signer: SignerDep, staff: Actor) -> BirthRegistrationRead:
     """Register a first or second child at once on the signed commitment; the origin is asked to verify."""
     with transaction() as tx:
         registration = service.register_birth(tx, signer, data, staff.username)
-    assert registration.id is not None
+        assert registration.id is not None
+        result = service.read(tx, registration)  # what was committed, read before the commit
     audit(staff, "birth.register", f"birth:{registration.id}")
-    return service.read(session, registration)
+    return result
 
 
 @router.get("", response_model=BirthPage, responses=ERRORS)
@@ -51,11 +50,10 @@ def read(registration_id: DbId, session: SessionDep, staff: Reader) -> BirthRegi
 
 
 @router.post("/{registration_id:int}/review", response_model=BirthRegistrationRead, responses=ERRORS)
-def decide(
-    registration_id: DbId, data: BirthReview, session: SessionDep, staff: Supervisor
-) -> BirthRegistrationRead:
+def decide(registration_id: DbId, data: BirthReview, staff: Supervisor) -> BirthRegistrationRead:
     """A supervisor confirms a registration in review, or keeps it in review with a note."""
     with transaction() as tx:
         registration = service.review(tx, registration_id, data)
+        result = service.read(tx, registration)  # what was committed, read before the commit
     audit(staff, "birth.review", f"birth:{registration_id}")
-    return service.read(session, registration)
+    return result

@@ -35,13 +35,14 @@ _errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=CertificateRead, responses=_errors(404, 409, 422))
-def issue(data: CertificateIssue, session: SessionDep, staff: Actor) -> CertificateRead:
+def issue(data: CertificateIssue, staff: Actor) -> CertificateRead:
     """Issue the certificate of a woman 18–49 in this node's own register (origin side)."""
     with transaction() as tx:
         certificate = service.issue(tx, data.person_id, staff.username)
-    assert certificate.id is not None
+        assert certificate.id is not None
+        result = service.read(tx, certificate.id)  # what was committed, read before the commit
     audit(staff, "certificate.issue", f"certificate:{certificate.id}")
-    return service.read(session, certificate.id)
+    return result
 
 
 @router.post("/lookup", response_model=LookupResult, responses=_errors(422, 502))
@@ -105,22 +106,20 @@ def read(certificate_id: DbId, session: SessionDep, staff: Reader) -> Certificat
 
 
 @router.patch("/{certificate_id:int}", response_model=CertificateRead, responses=_errors(404, 409, 422))
-def correct(
-    certificate_id: DbId, data: CertificateCorrect, session: SessionDep, staff: Actor
-) -> CertificateRead:
+def correct(certificate_id: DbId, data: CertificateCorrect, staff: Actor) -> CertificateRead:
     """Correct what the certificate shows; each correction is a new version with its reason."""
     with transaction() as tx:
         service.correct(tx, certificate_id, data, staff.username)
+        result = service.read(tx, certificate_id)  # what was committed, read before the commit
     audit(staff, "certificate.correct", f"certificate:{certificate_id}")
-    return service.read(session, certificate_id)
+    return result
 
 
 @router.post("/{certificate_id:int}/cancel", response_model=CertificateRead, responses=_errors(404, 409, 422))
-def cancel(
-    certificate_id: DbId, data: CertificateCancel, session: SessionDep, staff: Actor
-) -> CertificateRead:
+def cancel(certificate_id: DbId, data: CertificateCancel, staff: Actor) -> CertificateRead:
     """Cancel (注销) a certificate; it stays on record with its versions."""
     with transaction() as tx:
         service.cancel(tx, certificate_id, data.reason, staff.username)
+        result = service.read(tx, certificate_id)  # what was committed, read before the commit
     audit(staff, "certificate.cancel", f"certificate:{certificate_id}")
-    return service.read(session, certificate_id)
+    return result

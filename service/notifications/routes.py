@@ -22,15 +22,14 @@ _errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=NotificationRead, responses=_errors(422))
-def create(
-    data: NotificationCreate, session: SessionDep, signer: SignerDep, staff: Actor
-) -> NotificationRead:
+def create(data: NotificationCreate, signer: SignerDep, staff: Actor) -> NotificationRead:
     """Send a 通报 to another county (queued in the outbox, delivered by the relay)."""
     with transaction() as tx:
         notification = service.create_outgoing(tx, signer, data, staff.username)
-    assert notification.id is not None
+        assert notification.id is not None
+        result = service.get_notification(tx, notification.id)  # what was committed, read before the commit
     audit(staff, "notification.create", f"notification:{notification.id}")
-    return service.get_notification(session, notification.id)
+    return result
 
 
 @router.get("", response_model=Page, responses=_errors())
@@ -68,11 +67,10 @@ def read(notification_id: DbId, session: SessionDep, staff: Reader) -> Notificat
 
 
 @router.post("/{notification_id:int}/ack", response_model=NotificationRead, responses=_errors(404, 409))
-def acknowledge(
-    notification_id: DbId, session: SessionDep, signer: SignerDep, staff: Actor
-) -> NotificationRead:
+def acknowledge(notification_id: DbId, signer: SignerDep, staff: Actor) -> NotificationRead:
     """接收确认: acknowledge an incoming notification (the ack is sent to its sender)."""
     with transaction() as tx:
         service.acknowledge(tx, signer, notification_id)
+        result = service.get_notification(tx, notification_id)  # what was committed, read before the commit
     audit(staff, "notification.ack", f"notification:{notification_id}")
-    return service.get_notification(session, notification_id)
+    return result

@@ -27,7 +27,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 @router.post("", status_code=201, response_model=PersonRead, responses=_errors(409, 422))
-def create(data: PersonCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> PersonRead:
+def create(data: PersonCreate, signer: SignerDep, staff: Actor) -> PersonRead:
     """Register a person (one record per ID number); look-alikes come back in ``possible_duplicates``.
 
     An arrival at this node from another county sends the arrival notification (流入通报) by itself.
@@ -35,9 +35,10 @@ def create(data: PersonCreate, session: SessionDep, signer: SignerDep, staff: Ac
     service.validate(data)  # the rules first, outside the transaction
     with transaction() as tx:
         person, _ = service.create_person(tx, signer, data, staff.username)
-    assert person.id is not None
+        assert person.id is not None
+        result = service.get_person(tx, person.id)  # what was committed, read before the commit
     audit(staff, "people.create", f"person:{person.id}")
-    return service.get_person(session, person.id)
+    return result
 
 
 @router.get("", response_model=Page, responses=_errors(422))
@@ -107,18 +108,20 @@ def read(person_id: DbId, session: SessionDep, staff: Reader) -> PersonRead:
 
 
 @router.patch("/{person_id:int}", response_model=PersonRead, responses=_errors(404, 409, 422))
-def update(person_id: DbId, data: PersonUpdate, session: SessionDep, staff: Actor) -> PersonRead:
+def update(person_id: DbId, data: PersonUpdate, staff: Actor) -> PersonRead:
     """Change the fields given; the whole record is checked again."""
     with transaction() as tx:
         service.update_person(tx, person_id, data, staff.username)
+        result = service.get_person(tx, person_id)  # what was committed, read before the commit
     audit(staff, "people.update", f"person:{person_id}")
-    return service.get_person(session, person_id)
+    return result
 
 
 @router.post("/{person_id:int}/merge", response_model=PersonRead, responses=_errors(404, 409, 422))
-def merge(person_id: DbId, data: MergeRequest, session: SessionDep, staff: Supervisor) -> PersonRead:
+def merge(person_id: DbId, data: MergeRequest, staff: Supervisor) -> PersonRead:
     """清理重复人口信息: keep this record, fold ``duplicate_id`` into it (supervisor or admin)."""
     with transaction() as tx:
         service.merge(tx, person_id, data.duplicate_id, staff.username)
+        result = service.get_person(tx, person_id)  # what was committed, read before the commit
     audit(staff, "people.merge", f"person:{person_id} duplicate:{data.duplicate_id}")
-    return service.get_person(session, person_id)
+    return result

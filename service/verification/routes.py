@@ -22,13 +22,14 @@ _errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=CaseRead, responses=_errors(422))
-def create(data: VerificationRequestCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
+def create(data: VerificationRequestCreate, signer: SignerDep, staff: Actor) -> CaseRead:
     """Send a 协查 request to another county (queued in the outbox, delivered by the relay)."""
     with transaction() as tx:
         case = service.create_outgoing(tx, signer, data, staff.username)
-    assert case.id is not None
+        assert case.id is not None
+        result = service.get_case(tx, case.id)  # what was committed, read before the commit
     audit(staff, "verification.create", f"case:{case.id}")
-    return service.get_case(session, case.id)
+    return result
 
 
 @router.get("", response_model=Page, responses=_errors())
@@ -64,20 +65,20 @@ def read(case_id: DbId, session: SessionDep, staff: Reader) -> CaseRead:
 
 
 @router.post("/{case_id:int}/ack", response_model=CaseRead, responses=_errors(404, 409))
-def acknowledge(
-    case_id: DbId, data: AckCreate, session: SessionDep, signer: SignerDep, staff: Actor
-) -> CaseRead:
+def acknowledge(case_id: DbId, data: AckCreate, signer: SignerDep, staff: Actor) -> CaseRead:
     """签收 an incoming request, optionally promising an answer date."""
     with transaction() as tx:
         service.acknowledge(tx, signer, case_id, data)
+        result = service.get_case(tx, case_id)  # what was committed, read before the commit
     audit(staff, "verification.ack", f"case:{case_id}")
-    return service.get_case(session, case_id)
+    return result
 
 
 @router.post("/{case_id:int}/reply", response_model=CaseRead, responses=_errors(404, 409))
-def reply(case_id: DbId, data: ReplyCreate, session: SessionDep, signer: SignerDep, staff: Actor) -> CaseRead:
+def reply(case_id: DbId, data: ReplyCreate, signer: SignerDep, staff: Actor) -> CaseRead:
     """反馈: answer an incoming request (once; an answered case is closed)."""
     with transaction() as tx:
         service.reply(tx, signer, case_id, data)
+        result = service.get_case(tx, case_id)  # what was committed, read before the commit
     audit(staff, "verification.reply", f"case:{case_id}")
-    return service.get_case(session, case_id)
+    return result
