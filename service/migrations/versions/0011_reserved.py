@@ -1,0 +1,21 @@
+"""personal data encrypted at rest (issue 10 item 2) -- RESERVED placeholder: the helper that owns it fills it in (rename the file to match)
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-01 19:00:00
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0011"
+down_revision: str | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,21 @@
+"""staff roles, token expiry and revocation (issue 10 item 4) -- RESERVED placeholder: the helper that owns it fills it in (rename the file to match)
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-01 19:00:00
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

@@ -1,0 +1,21 @@
+"""idempotency keys for staff writes (issue 10 item 6) -- RESERVED placeholder: the helper that owns it fills it in (rename the file to match)
+
+Revision ID: 0014
+Revises: 0013
+Create Date: 2026-12-01 19:00:00
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0014"
+down_revision: str | None = "0013"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
