@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Text
 from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
+from service.signing.pii import EncryptedText
 
 
 class BirthRegistrationStatus(StrEnum):
@@ -26,6 +26,7 @@ class BirthRegistration(SQLModel, table=True):  # 生育登记
     commitment_signed_on: date  # 承诺书 date
     status: BirthRegistrationStatus = Field(max_length=16)
     case_id: int | None = Field(default=None, foreign_key="verification_case.id", unique=True)
-    review_note: str | None = Field(default=None, sa_type=Text)
+    # staff's free text: may name her (encrypted at rest, service/signing/pii.py)
+    review_note: str | None = Field(default=None, sa_type=EncryptedText("birth_registration.review_note"))
     registered_at: datetime = utc_field(default_now=True)
     registered_by: str | None = Field(default=None, max_length=64)

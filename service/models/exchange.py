@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, LargeBinary, Text
+from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
+from service.signing.pii import EncryptedBytes
 
 
 class OutboxStatus(StrEnum):
@@ -26,7 +27,7 @@ class OutboxMessage(SQLModel, table=True):
     recipient: str = Field(max_length=6, index=True)
     path: str = Field(max_length=200)
     conversation_id: str = Field(max_length=36, index=True)
-    body: bytes = Field(sa_type=LargeBinary)
+    body: bytes = Field(sa_type=EncryptedBytes("outbox_message.body"))  # encrypted at rest (pii.py)
     digest: str = Field(max_length=100)
     status: OutboxStatus = Field(default=OutboxStatus.pending, max_length=16)
     attempts: int = 0
@@ -38,7 +39,7 @@ class OutboxMessage(SQLModel, table=True):
     delivered_at: datetime | None = utc_field(nullable=True)
     # The peer's signed receipt, kept as evidence exactly as received.
     receipt_status: int | None = None
-    receipt_body: bytes | None = Field(default=None, sa_type=LargeBinary)
+    receipt_body: bytes | None = Field(default=None, sa_type=EncryptedBytes("outbox_message.receipt_body"))
     receipt_signature_input: str | None = Field(default=None, sa_type=Text)
     receipt_signature: str | None = Field(default=None, sa_type=Text)
     receipt_received_at: datetime | None = utc_field(nullable=True)
@@ -52,7 +53,7 @@ class InboxMessage(SQLModel, table=True):
     type: str = Field(max_length=40)
     sender: str = Field(max_length=6, index=True)
     conversation_id: str = Field(max_length=36, index=True)
-    body: bytes = Field(sa_type=LargeBinary)
+    body: bytes = Field(sa_type=EncryptedBytes("inbox_message.body"))  # encrypted at rest (pii.py)
     digest: str = Field(max_length=100)
     keyid: str = Field(max_length=40)
     signature_input: str = Field(sa_type=Text)

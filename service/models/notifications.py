@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, Text
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
 from service.models.verification import Direction, Sex
 from service.notifications.kinds import NotificationKind
+from service.signing import pii
+from service.signing.pii import EncryptedText
 
 __all__ = ["Notification", "NotificationKind", "NotificationStatus"]
 
@@ -35,12 +37,19 @@ class Notification(SQLModel, table=True):  # 通报
     peer: str = Field(max_length=6, index=True)
     kind: NotificationKind = Field(max_length=32)
     status: NotificationStatus = Field(max_length=16)
-    subject_id_number: str = Field(max_length=18, index=True)
-    subject_name: str = Field(max_length=64)
+    subject_id_number: str = Field(max_length=18, sa_type=EncryptedText("notification.subject_id_number"))
+    subject_id_number_index: str | None = Field(
+        default=None,
+        max_length=64,
+        index=True,
+        nullable=False,
+        sa_column_kwargs={"default": pii.blind_index_default("subject_id_number", pii.ID_NUMBER)},
+    )
+    subject_name: str = Field(max_length=64, sa_type=EncryptedText("notification.subject_name"))
     subject_sex: Sex = Field(max_length=1)
     subject_birth_date: date
     occurred_on: date
-    details: str = Field(sa_type=Text)  # JSON, validated per kind
+    details: str = Field(sa_type=EncryptedText("notification.details"))  # JSON, validated per kind
     person_id: int | None = Field(default=None, foreign_key="person.id")
     sent_at: datetime = utc_field()
     received_at: datetime | None = utc_field(nullable=True)  # the receipt's: starts the ack clock
@@ -52,3 +61,6 @@ class Notification(SQLModel, table=True):  # 通报
     created_by: str | None = Field(default=None, max_length=64)
     assigned_to: str | None = Field(default=None, max_length=64, index=True)  # staff username (领取/指派)
     updated_at: datetime = utc_field(default_now=True)
+
+
+pii.keep_indexed(Notification, [("subject_id_number", "subject_id_number_index", pii.ID_NUMBER)])

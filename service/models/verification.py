@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, Text
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from service.models.base import utc_field
+from service.signing import pii
+from service.signing.pii import EncryptedText
 
 
 class Direction(StrEnum):
@@ -62,14 +64,23 @@ class VerificationCase(SQLModel, table=True):  # 协查个案
     direction: Direction = Field(max_length=16)
     peer: str = Field(max_length=6, index=True)  # the other county
     status: CaseStatus = Field(max_length=16)
-    subject_id_number: str = Field(max_length=18, index=True)
-    subject_name: str = Field(max_length=64)
+    subject_id_number: str = Field(
+        max_length=18, sa_type=EncryptedText("verification_case.subject_id_number")
+    )
+    subject_id_number_index: str | None = Field(
+        default=None,
+        max_length=64,
+        index=True,
+        nullable=False,
+        sa_column_kwargs={"default": pii.blind_index_default("subject_id_number", pii.ID_NUMBER)},
+    )
+    subject_name: str = Field(max_length=64, sa_type=EncryptedText("verification_case.subject_name"))
     subject_sex: Sex = Field(max_length=1)
     subject_birth_date: date
     topic: Topic = Field(max_length=32)
     priority: Priority = Field(max_length=16)
     key_target: bool
-    question: str = Field(sa_type=Text)
+    question: str = Field(sa_type=EncryptedText("verification_case.question"))
     reference: str | None = Field(default=None, max_length=64)
     sent_at: datetime = utc_field()
     received_at: datetime | None = utc_field(nullable=True)  # the receipt's: starts the clock
@@ -80,7 +91,7 @@ class VerificationCase(SQLModel, table=True):  # 协查个案
     reply_received_at: datetime | None = utc_field(nullable=True)  # the reply's receipt: judged on time
     outcome: Outcome | None = Field(default=None, max_length=32)
     overdue_at: datetime | None = utc_field(nullable=True)  # when the SLA sweep found it past due_at
-    findings: str | None = Field(default=None, sa_type=Text)
+    findings: str | None = Field(default=None, sa_type=EncryptedText("verification_case.findings"))
     created_by: str | None = Field(default=None, max_length=64)
     assigned_to: str | None = Field(default=None, max_length=64, index=True)  # staff username (领取/指派)
     updated_at: datetime = utc_field(default_now=True)
@@ -88,3 +99,6 @@ class VerificationCase(SQLModel, table=True):  # 协查个案
     # the latest chase and who made it (a staff user name).
     chased_at: datetime | None = utc_field(nullable=True)
     chased_by: str | None = Field(default=None, max_length=64)
+
+
+pii.keep_indexed(VerificationCase, [("subject_id_number", "subject_id_number_index", pii.ID_NUMBER)])
