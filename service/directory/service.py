@@ -12,12 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.directory.signed import DIRECTORY, in_force, refuse_local_edit
 from service.errors import NotFound, ValidationFailed
 from service.models import LocalNode, NodeKey, Peer, PeerKey
 from service.signing.keys import is_node_id, public_key_from_text, split_keyid
 from service.snapshots import Snapshot, mark_changed
 
-DIRECTORY = "directory"  # the snapshot topic of peers and their keys
+__all__ = ["DIRECTORY"]  # the snapshot topic of peers and their keys (defined in signed.py)
 
 BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 PUBLIC_KEY_CHARS = 43  # base64url of 32 bytes, unpadded
@@ -56,8 +57,11 @@ def check_node_id(node_id: str) -> None:
 
 
 def add_peer(session: Session, *, node_id: str, name: str, url: str, keys: list[KeySpec]) -> Peer:
-    """Add a peer or update its name, URL and keys (keys not given are kept)."""
+    """Add a peer or update its name, URL and keys (keys not given are kept).
+
+    Refused (409) once a signed directory is in force: the authority's document is the one source."""
     check_node_id(node_id)
+    refuse_local_edit(session)
     if not url.startswith(("http://", "https://")):
         raise ValidationFailed("url must start with http:// or https://", field="url")
     for key in keys:
@@ -91,6 +95,7 @@ def _refuse_self(session: Session, node_id: str, keys: list[KeySpec]) -> None:
 
 
 def remove_peer(session: Session, node_id: str) -> None:
+    refuse_local_edit(session)
     peer = session.get(Peer, node_id)
     if peer is None:
         raise NotFound(f"no peer {node_id} in the directory")
@@ -107,7 +112,8 @@ def remove_peer(session: Session, node_id: str) -> None:
 def retire_key(session: Session, keyid: str, at: datetime) -> PeerKey:
     """Stop trusting one key of a peer from ``at`` (a rotation done, or a key revoked): its
     ``not_after`` is set, so signatures made with it are refused; the row stays as the record.
-    A key already retired earlier keeps its earlier end."""
+    A key already retired earlier keeps its earlier end. Refused once a signed directory is in force."""
+    refuse_local_edit(session)
     row = session.get(PeerKey, keyid)
     if row is None:
         raise NotFound(f"no key {keyid} in the directory")
@@ -145,10 +151,27 @@ class TrustedKey:
         return not ((self.not_before and now < self.not_before) or (self.not_after and now >= self.not_after))
 
 
+def _lapsed(row: PeerKey, directory_expires_at: datetime | None) -> bool:
+    """No key becomes valid on a lapsed signed directory: one whose ``not_before`` is at or after
+    the expiry of the directory in force is not trusted until a newer document lists it."""
+    return (
+        directory_expires_at is not None
+        and row.not_before is not None
+        and row.not_before >= directory_expires_at
+    )
+
+
+def _directory_expiry(session: Session) -> datetime | None:
+    doc = in_force(session)
+    return doc.expires_at if doc is not None else None
+
+
 def _load_keys(session: Session) -> dict[str, TrustedKey]:
+    expires_at = _directory_expiry(session)
     return {
         row.keyid: TrustedKey(public_key_from_text(row.public_key), row.not_before, row.not_after)
         for row in session.exec(select(PeerKey))
+        if not _lapsed(row, expires_at)
     }
 
 
@@ -176,7 +199,7 @@ class PeerKeys:
 def resolve_key(session: Session, keyid: str, now: datetime) -> Ed25519PublicKey | None:
     """The public key for ``keyid`` read from the database (the relay's check of an answer)."""
     row = session.get(PeerKey, keyid)
-    if row is None:
+    if row is None or _lapsed(row, _directory_expiry(session)):
         return None
     key = TrustedKey(public_key_from_text(row.public_key), row.not_before, row.not_after)
     return key.public_key if key.valid_at(now) else None
