@@ -2,7 +2,9 @@
 
 Every route depends on ``Admin`` (the role is checked on every request, GET and POST alike). A
 secret — a new bearer token, a one-time console password — is made in the POST and shown only in
-that POST's answer page: never in a URL, a redirect or a log line. Each change is audited.
+that POST's answer page: never in a URL, a redirect or a log line. Each change is audited (here with
+the source address, and by ``service.staff.service`` after its commit). An account holds one or
+more roles (the 角色 checkboxes); admin handles no case unless it holds a case role as well.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from service.directory import service as directory
 from service.errors import DomainError, NotFound, ValidationFailed
 from service.exchange import outbox
 from service.models import OutboxMessage, OutboxStatus, PeerKey, Role, Staff
+from service.names import ROLES as ROLE_NAMES
 from service.scheduler import stale_after_seconds
 from service.schemas import DbId
 from service.signing.keys import is_node_id, split_keyid
@@ -43,12 +46,15 @@ NOTICES = {
     "deactivated": "已停用该账户：其登录会话已结束，令牌已失效。",
     "reactivated": "已启用该账户。如忘记密码，请为其重置密码。",
     "role": "已修改角色。",
+    "revoked": "已吊销接口令牌：该令牌立即失效，需要时可重置令牌获取新令牌。",
     "unlocked": "已解锁该账户。",
     "peer": "已保存对端。",
     "key": "已新增公钥。",
     "retired": "已停用该公钥：用它签名的消息将被拒收。",
 }
 ROLE_ORDER = (Role.operator, Role.supervisor, Role.auditor, Role.admin)
+Roles = Annotated[list[str] | None, Form()]  # checkboxes: each a role name, checked in _roles()
+TOKEN_STATES = {"active": "有效", "expired": "已过期", "revoked": "已吊销", "deactivated": "账户已停用"}
 
 
 @router.get("/admin")
@@ -64,7 +70,10 @@ class AccountRow:
     id: int
     username: str
     role: Role
+    roles: tuple[Role, ...]  # in ROLE_ORDER
     active: bool
+    token_state: str  # in Chinese (TOKEN_STATES)
+    token_expires_at: datetime | None
     locked_until: datetime | None  # set while locked out
     password_changed_at: datetime | None
     has_password: bool
@@ -79,7 +88,10 @@ class AccountRow:
             staff.id,
             staff.username,
             staff.role,
+            tuple(role for role in ROLE_ORDER if role in staff.role_set),
             staff.active,
+            TOKEN_STATES[accounts.token_state(staff, now)],
+            staff.token_expires_at,
             locked,
             staff.password_changed_at,
             staff.password_hash is not None,
@@ -87,9 +99,17 @@ class AccountRow:
             staff.created_at,
         )
 
+    @property
+    def role_names(self) -> str:
+        return "、".join(ROLE_NAMES[role] for role in self.roles)
+
 
 def _staff_page(
-    request: Request, user: ConsoleUser, *, error: str | None = None, form: dict[str, str] | None = None,
+    request: Request,
+    user: ConsoleUser,
+    *,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
     now = utcnow()
@@ -104,19 +124,31 @@ def staff_list(request: Request, user: Admin) -> HTMLResponse:
     return _staff_page(request, user)
 
 
+def _roles(role: str, roles: list[str] | None) -> frozenset[Role] | None:
+    """The roles ticked (``roles``, several) or chosen (``role``, one: the former form), or None."""
+    names = [*(roles or []), *([role] if role else [])]
+    if not names or len(names) > len(Role) or any(name not in Role.__members__ for name in names):
+        return None
+    return frozenset(Role(name) for name in names)
+
+
 @router.post("/admin/staff")
-def staff_add(request: Request, user: Admin, username: Text, role: Text) -> HTMLResponse:
+def staff_add(
+    request: Request, user: Admin, username: Text, role: Text = "", roles: Roles = None
+) -> HTMLResponse:
     """A new account: its bearer token and a one-time console password, both shown once, here."""
     username = username.strip()
-    form = {"username": username, "role": role}
+    held = _roles(role, roles)
+    form = {"username": username, "roles": ",".join(sorted(held or ()))}
     if not accounts.USERNAME.fullmatch(username):
         error = "用户名须为 2–64 位英文字母、数字或 . _ -（不能用中文或空格）。"
         return _staff_page(request, user, error=error, form=form, status_code=422)
-    if role not in Role.__members__:
+    if held is None:
         return _staff_page(request, user, error="请选择角色。", form=form, status_code=422)
+    new = accounts.new_token()  # argon2 before the transaction
     try:
         with transaction() as tx:
-            staff, token = accounts.create_staff(tx, username=username, role=Role(role))
+            staff, token = accounts.create_staff(tx, username=username, roles=held, by=_name(user), new=new)
             staff_id = staff.id
     except ValidationFailed:  # the name is taken (the format was checked above)
         error = f"用户名 {username} 已被使用，请换一个。"
@@ -124,12 +156,17 @@ def staff_add(request: Request, user: Admin, username: Text, role: Text) -> HTML
     assert staff_id is not None
     password = accounts.one_time_password(username)
     set_password(staff_id, password, must_change=True, now=utcnow())
-    audit("staff_added", user.staff.username, source(request), account=username, role=role)
+    audit("staff_added", user.staff.username, source(request), account=username, roles=staff.roles)
     return _secret_page(request, user, staff_id, "已新增账户", token=token, password=password)
 
 
 def _secret_page(
-    request: Request, user: ConsoleUser, staff_id: int, title: str, *, token: str | None = None,
+    request: Request,
+    user: ConsoleUser,
+    staff_id: int,
+    title: str,
+    *,
+    token: str | None = None,
     password: str | None = None,
 ) -> HTMLResponse:
     with read_session() as session:
@@ -168,11 +205,15 @@ def _me(user: ConsoleUser) -> int:
     return user.staff.id
 
 
+def _name(user: ConsoleUser) -> str:
+    return f"console:{user.staff.username}"
+
+
 @router.post("/admin/staff/{staff_id:int}/deactivate")
 def deactivate(request: Request, staff_id: DbId, user: Admin) -> Response:
     try:
         with transaction() as tx:
-            staff = accounts.set_active(tx, staff_id, False, by=_me(user), now=utcnow())
+            staff = accounts.set_active(tx, staff_id, False, by=_me(user), now=utcnow(), by_name=_name(user))
     except accounts.OwnAccount:
         error = "不能停用自己的账户。请由另一位管理员操作。"
         return _account_page(request, user, staff_id, error=error, status_code=409)
@@ -183,29 +224,37 @@ def deactivate(request: Request, staff_id: DbId, user: Admin) -> Response:
 @router.post("/admin/staff/{staff_id:int}/reactivate")
 def reactivate(request: Request, staff_id: DbId, user: Admin) -> RedirectResponse:
     with transaction() as tx:
-        staff = accounts.set_active(tx, staff_id, True, by=_me(user), now=utcnow())
+        staff = accounts.set_active(tx, staff_id, True, by=_me(user), now=utcnow(), by_name=_name(user))
     audit("staff_reactivated", user.staff.username, source(request), account=staff.username)
     return _done(staff_id, "reactivated")
 
 
 @router.post("/admin/staff/{staff_id:int}/role")
-def change_role(request: Request, staff_id: DbId, user: Admin, role: Text) -> Response:
-    if role not in Role.__members__:
-        return _account_page(request, user, staff_id, error="请选择角色。", status_code=422)
+def change_role(
+    request: Request,
+    staff_id: DbId,
+    user: Admin,
+    role: Text = "",
+    roles: Roles = None,
+) -> Response:
+    """The roles the account holds from now on: the ticked ones (or one ``role``, the former form)."""
+    held = _roles(role, roles)
+    if held is None:
+        return _account_page(request, user, staff_id, error="请至少选择一个角色。", status_code=422)
     try:
         with transaction() as tx:
-            staff = accounts.set_role(tx, staff_id, Role(role), by=_me(user))
+            staff = accounts.set_roles(tx, staff_id, held, by=_me(user), by_name=_name(user))
     except accounts.OwnAccount:
-        error = "不能取消自己的管理员角色。请由另一位管理员操作。"
+        error = "不能取消自己的管理员角色，也不能给自己增加角色。请由另一位管理员操作。"
         return _account_page(request, user, staff_id, error=error, status_code=409)
-    audit("staff_role_set", user.staff.username, source(request), account=staff.username, role=role)
+    audit("staff_role_set", user.staff.username, source(request), account=staff.username, roles=staff.roles)
     return _done(staff_id, "role")
 
 
 @router.post("/admin/staff/{staff_id:int}/unlock")
 def unlock(request: Request, staff_id: DbId, user: Admin) -> RedirectResponse:
     with transaction() as tx:
-        staff = accounts.unlock(tx, staff_id)
+        staff = accounts.unlock(tx, staff_id, by=_name(user))
     audit("staff_unlocked", user.staff.username, source(request), account=staff.username)
     return _done(staff_id, "unlocked")
 
@@ -226,10 +275,19 @@ def revoke_tokens(request: Request, staff_id: DbId, user: Admin) -> HTMLResponse
     """The old bearer token stops working; the new one is shown once."""
     new = accounts.new_token()  # argon2 before the transaction
     with transaction() as tx:
-        token = accounts.replace_token(tx, staff_id, new)
+        token = accounts.replace_token(tx, staff_id, new, by=_name(user))
         username = accounts.get_staff(tx, staff_id).username
-    audit("staff_token_revoked", user.staff.username, source(request), account=username)
+    audit("staff_token_replaced", user.staff.username, source(request), account=username)
     return _secret_page(request, user, staff_id, "已重置接口令牌", token=token)
+
+
+@router.post("/admin/staff/{staff_id:int}/revoke")
+def revoke_token(request: Request, staff_id: DbId, user: Admin) -> RedirectResponse:
+    """The bearer token stops working at once and no new one is made (重置令牌 makes one)."""
+    with transaction() as tx:
+        staff = accounts.revoke_token(tx, staff_id, by=_name(user), now=utcnow())
+    audit("staff_token_revoked", user.staff.username, source(request), account=staff.username)
+    return _done(staff_id, "revoked")
 
 
 # --- peers and their keys ------------------------------------------------------------------------
@@ -321,7 +379,11 @@ class _Exists(Exception):
 
 @router.post("/admin/peers")
 def add_peer(
-    request: Request, user: Admin, node_id: Text, name: Text, url: Annotated[str, Form(max_length=500)],
+    request: Request,
+    user: Admin,
+    node_id: Text,
+    name: Text,
+    url: Annotated[str, Form(max_length=500)],
     key: KeyText,
 ) -> Response:
     node_id, name, url = node_id.strip(), name.strip(), url.strip()
@@ -472,4 +534,3 @@ def status(request: Request, user: Admin) -> HTMLResponse:
         "node_name": state.signer.name,
     }
     return render(request, "admin/status.html", context, user=user)
-

@@ -101,7 +101,12 @@ class ConsoleUser:
 
     @property
     def role(self) -> Role:
+        """The principal role (shown beside the name); permissions go by ``roles``."""
         return self.staff.role
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return self.staff.role_set
 
 
 def find_session(
@@ -170,27 +175,29 @@ SignedIn = Annotated[ConsoleUser, Depends(console_user)]
 
 
 def allow(*roles: Role) -> Callable[[ConsoleUser], Coroutine[Any, Any, ConsoleUser]]:
-    """A dependency: the signed-in user, who must have one of ``roles`` (checked on every request)."""
+    """A dependency: the signed-in user, who must hold one of ``roles`` (checked on every request)."""
 
     async def check(user: SignedIn) -> ConsoleUser:
-        if user.role not in roles:
+        if user.roles.isdisjoint(roles):
             raise ConsoleForbidden
         return user
 
     return check
 
 
-READERS = (Role.operator, Role.supervisor, Role.auditor, Role.admin)
-ACTORS = (Role.operator, Role.supervisor, Role.admin)
+# Separation of duties (as in service/staff/dependencies.py): admin handles no case unless the
+# account holds a case role too.
+READERS = (Role.operator, Role.supervisor, Role.auditor)
+ACTORS = (Role.operator, Role.supervisor)
 Reader = Annotated[ConsoleUser, Depends(allow(*READERS))]
 Actor = Annotated[ConsoleUser, Depends(allow(*ACTORS))]
-Supervisor = Annotated[ConsoleUser, Depends(allow(Role.supervisor, Role.admin))]
+Supervisor = Annotated[ConsoleUser, Depends(allow(Role.supervisor))]
 Admin = Annotated[ConsoleUser, Depends(allow(Role.admin))]
 
 
 def can_act(user: ConsoleUser) -> bool:
     """Whether the user may act (not only read): the forms a page offers them."""
-    return user.role in ACTORS
+    return not user.roles.isdisjoint(ACTORS)
 
 
 def csrf_secret(settings: Settings) -> str:

@@ -1,4 +1,10 @@
-"""``CurrentStaff`` and role checks for the staff API."""
+"""``CurrentStaff`` and role checks for the staff API.
+
+Separation of duties (等保 2.0, docs/security/roles.md): an account may hold several roles and a check
+passes when it holds any of the roles named. Admin (管理员) manages the system — accounts, peers and
+keys, the outbox — and is not among the readers or actors of cases: an admin who also handles
+cases holds a case role as well.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import DomainError, NotAuthenticated
 from service.models import Role, Staff
+from service.models.staff import roles_text
 from service.staff.service import StaffAccounts
 
 _bearer = HTTPBearer(auto_error=False, description="token from `yipanqi staff add`")
@@ -37,17 +44,20 @@ CurrentStaff = Annotated[Staff, Depends(current_staff)]
 
 def require(*roles: Role) -> Callable[[Staff], Coroutine[Any, Any, Staff]]:
     async def check(staff: CurrentStaff) -> Staff:  # on the event loop: no thread for a comparison
-        if staff.role not in roles:
-            raise RoleForbidden(f"role {staff.role.value} may not do this")
+        if not staff.holds(*roles):
+            raise RoleForbidden(f"roles {roles_text(staff.role_set)} may not do this")
         return staff
 
     return check
 
 
-READERS = (Role.operator, Role.supervisor, Role.auditor, Role.admin)
-ACTORS = (Role.operator, Role.supervisor, Role.admin)
+# Case work: reading cases, people, certificates, births, notices and reports.
+READERS = (Role.operator, Role.supervisor, Role.auditor)
+# Case work that changes something: send and answer 协查 and 通报, import, register, look up.
+ACTORS = (Role.operator, Role.supervisor)
 Reader = Annotated[Staff, Depends(require(*READERS))]
 Actor = Annotated[Staff, Depends(require(*ACTORS))]
-Admin = Annotated[Staff, Depends(require(Role.admin))]
 # 负责人: decisions beyond day-to-day answering (merging register records, deciding reviews).
-Supervisor = Annotated[Staff, Depends(require(Role.supervisor, Role.admin))]
+Supervisor = Annotated[Staff, Depends(require(Role.supervisor))]
+# 管理员: the system (accounts, peers and keys, the outbox), never cases.
+Admin = Annotated[Staff, Depends(require(Role.admin))]

@@ -1,4 +1,10 @@
-"""Staff accounts and bearer tokens (``yp_<id>_<secret>``; only an argon2 hash is stored)."""
+"""Staff accounts and bearer tokens (``yp_<id>_<secret>``; only an argon2 hash is stored).
+
+Every change to an account (created, roles, token issued or revoked, deactivated, reactivated,
+unlocked) is written to the ``yipanqi.audit`` log after its transaction commits (``_record``), by
+whichever way it was made: the CLI, the staff API or the console. Tokens expire
+(``YIPANQI_STAFF_TOKEN_DAYS`` unless given) and can be revoked; see docs/security/roles.md.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,25 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session, col, select
 
+from service.clock import utcnow
+from service.config import get_settings
 from service.errors import DomainError, NotAuthenticated, NotFound, TooManyRequests, ValidationFailed
 from service.models import Role, Staff
+from service.models.staff import principal_role, roles_text
 from service.schemas import DB_ID_MAX
 from service.snapshots import Snapshot, mark_changed
 
@@ -35,21 +46,79 @@ STAFF = "staff"  # the snapshot topic of staff accounts
 # An unknown account is checked against this hash, so that it costs what a wrong secret costs.
 _NO_ACCOUNT_HASH = _hasher.hash(secrets.token_urlsafe(32))
 _VERIFIED_MAX = 10_000  # verified tokens remembered (a few per account in practice)
+_AUDIT = "yipanqi_staff_audit"  # session.info: account changes logged once the transaction commits
 
 
-def create_staff(session: Session, *, username: str, role: Role) -> tuple[Staff, str]:
-    """Create an account and return it with its token (shown once, never stored)."""
+def _record(session: Session, by: str, action: str, account: Staff, **extra: object) -> None:
+    """An account change, logged after the commit (never for a transaction that rolled back)."""
+    more = "".join(f" {key}={value}" for key, value in extra.items())
+    line = f"staff={by} action={action} target=staff:{account.username}{more}"
+    session.info.setdefault(_AUDIT, []).append(line)
+
+
+@event.listens_for(OrmSession, "after_commit")
+def _log_changes(session: OrmSession) -> None:
+    for line in session.info.pop(_AUDIT, ()):
+        _audit.info("%s", line)
+
+
+@event.listens_for(OrmSession, "after_rollback")
+def _drop_changes(session: OrmSession) -> None:
+    session.info.pop(_AUDIT, None)
+
+
+def parse_roles(values: Iterable[str | Role]) -> frozenset[Role]:
+    """One or more role names (``operator``, ``supervisor``, ``auditor``, ``admin``)."""
+    names = [str(getattr(value, "value", value)).strip() for value in values]
+    unknown = [name for name in names if name not in Role.__members__]
+    if unknown or not names:
+        choices = ", ".join(Role.__members__)
+        raise ValidationFailed(f"roles must be one or more of {choices}", field="roles")
+    return frozenset(Role(name) for name in names)
+
+
+def token_expiry(now: datetime, days: int | None = None) -> datetime:
+    """When a token issued ``now`` expires: after ``days``, or the setting's lifetime."""
+    lifetime = days if days is not None else get_settings().staff_token_days
+    if not 0 < lifetime <= 3650:
+        raise ValidationFailed("a token's lifetime is 1-3650 days", field="token_days")
+    return now + timedelta(days=lifetime)
+
+
+def _set_roles(staff: Staff, roles: frozenset[Role]) -> None:
+    staff.roles, staff.role = roles_text(roles), principal_role(roles)
+
+
+def create_staff(
+    session: Session,
+    *,
+    username: str,
+    role: Role | None = None,
+    roles: Iterable[Role] = (),
+    token_days: int | None = None,
+    by: str = "cli",
+    new: NewToken | None = None,
+) -> tuple[Staff, str]:
+    """Create an account holding ``role`` and ``roles`` and return it with its token (shown once,
+    never stored), which expires after ``token_days`` (default: the setting). ``new``: the token,
+    made with ``new_token()`` before the transaction (otherwise hashed here, before any statement)."""
     if not USERNAME.fullmatch(username):
         raise ValidationFailed("username must be 2-64 of A-Z a-z 0-9 . _ -", field="username")
-    secret = secrets.token_urlsafe(32)
-    token_hash = _hasher.hash(secret)  # before the first statement: no hashing inside a transaction
+    held = parse_roles([*([role] if role is not None else []), *roles])
+    expires = token_expiry(utcnow(), token_days)
+    new = new or new_token()  # before the first statement: no hashing inside a transaction
     if session.exec(select(Staff).where(Staff.username == username)).first() is not None:
         raise ValidationFailed(f"username {username!r} is taken", field="username")
-    staff = Staff(username=username, role=role, token_hash=token_hash)
+    staff = Staff(
+        username=username, role=principal_role(held), token_hash=new.token_hash, token_expires_at=expires
+    )
+    _set_roles(staff, held)
     session.add(staff)
     session.flush()
     mark_changed(session, STAFF)
-    return staff, f"yp_{staff.id}_{secret}"
+    _record(session, by, "staff_created", staff, roles=staff.roles, token_expires=expires.date().isoformat())
+    assert staff.id is not None
+    return staff, new.token(staff.id)
 
 
 # --- account administration (the console's 管理 pages; hash before, store in one transaction) ----
@@ -91,18 +160,44 @@ def get_staff(session: Session, staff_id: int) -> Staff:
     return staff
 
 
-def replace_token(session: Session, staff_id: int, new: NewToken) -> str:
+def find_staff(session: Session, username: str) -> Staff:
+    staff = session.exec(select(Staff).where(Staff.username == username)).first()
+    if staff is None:
+        raise NotFound("no such staff account")
+    return staff
+
+
+def replace_token(
+    session: Session, staff_id: int, new: NewToken, *, by: str = "cli", token_days: int | None = None
+) -> str:
     """Revoke the account's bearer token: a new hash, so the old token stops working at once (in this
     process; within the snapshot's refresh in others). Returns the new token, to be shown once."""
+    expires = token_expiry(utcnow(), token_days)
     staff = get_staff(session, staff_id)
-    staff.token_hash = new.token_hash
+    staff.token_hash, staff.token_expires_at, staff.token_revoked_at = new.token_hash, expires, None
     session.add(staff)
     session.flush()
     mark_changed(session, STAFF)
+    _record(session, by, "staff_token_issued", staff, token_expires=expires.date().isoformat())
     return new.token(staff_id)
 
 
-def set_active(session: Session, staff_id: int, active: bool, *, by: int, now: datetime) -> Staff:
+def revoke_token(session: Session, staff_id: int, *, by: str = "cli", now: datetime) -> Staff:
+    """The account's bearer token stops working (at once here, within the snapshot's refresh in
+    other processes) and no new one is issued; its console sign-in is not affected."""
+    staff = get_staff(session, staff_id)
+    if staff.token_revoked_at is None:
+        staff.token_revoked_at = now
+        session.add(staff)
+        session.flush()
+        mark_changed(session, STAFF)
+    _record(session, by, "staff_token_revoked", staff)
+    return staff
+
+
+def set_active(
+    session: Session, staff_id: int, active: bool, *, by: int | None, now: datetime, by_name: str = "cli"
+) -> Staff:
     """Deactivate (停用) or reactivate an account. Deactivation ends its console sessions; its
     bearer token stops working since ``StaffAccounts`` checks ``active``."""
     from service.staff.passwords import end_sessions  # passwords imports this module
@@ -116,28 +211,53 @@ def set_active(session: Session, staff_id: int, active: bool, *, by: int, now: d
     if not active:
         end_sessions(session, staff_id, now)
     mark_changed(session, STAFF)
+    _record(session, by_name, "staff_deactivated" if not active else "staff_reactivated", staff)
     return staff
 
 
-def set_role(session: Session, staff_id: int, role: Role, *, by: int) -> Staff:
+def set_roles(
+    session: Session, staff_id: int, roles: Iterable[Role], *, by: int | None, by_name: str = "cli"
+) -> Staff:
+    """The roles the account holds from now on (one or more). An admin cannot change their own
+    roles (``by``): neither drop admin nor grant themselves case work (separation of duties)."""
+    held = parse_roles(roles)
     staff = get_staff(session, staff_id)
-    if staff_id == by and staff.role == Role.admin and role != Role.admin:
-        raise OwnAccount("an admin cannot demote their own account")
-    staff.role = role
+    if staff_id == by and held != staff.role_set:
+        raise OwnAccount("an admin cannot change their own roles")
+    before = roles_text(staff.role_set)
+    _set_roles(staff, held)
     session.add(staff)
     session.flush()
     mark_changed(session, STAFF)
+    _record(session, by_name, "staff_roles_set", staff, roles=staff.roles, before=before)
     return staff
 
 
-def unlock(session: Session, staff_id: int) -> Staff:
+def set_role(session: Session, staff_id: int, role: Role, *, by: int | None, by_name: str = "cli") -> Staff:
+    """One role only (the console's former form): ``set_roles`` with one."""
+    return set_roles(session, staff_id, [role], by=by, by_name=by_name)
+
+
+def unlock(session: Session, staff_id: int, *, by: str = "cli") -> Staff:
     """Lift a lock-out after too many wrong passwords (the count starts again)."""
     staff = get_staff(session, staff_id)
     staff.failed_logins, staff.locked_until = 0, None
     session.add(staff)
     session.flush()
     mark_changed(session, STAFF)
+    _record(session, by, "staff_unlocked", staff)
     return staff
+
+
+def token_state(staff: Staff, now: datetime) -> str:
+    """``active``, ``expired``, ``revoked`` or ``deactivated`` (the account's bearer token)."""
+    if not staff.active:
+        return "deactivated"
+    if staff.token_revoked_at is not None:
+        return "revoked"
+    if staff.token_expires_at is not None and staff.token_expires_at <= now:
+        return "expired"
+    return "active"
 
 
 _PASSWORD_ALPHABETS = (
@@ -169,6 +289,7 @@ class StaffAccounts:
     argon2 is slow on purpose, so a token verified once is remembered (by its SHA-256, with the
     account's hash at that time) until the account's token hash changes or it is deactivated;
     the change takes effect at once in this process and within ``refresh_seconds`` in others.
+    A revoked or expired token is refused on every request, remembered or not (``clock``).
     Failed checks are limited per source address and per account: past the limit the answer is a
     429 with Retry-After, before any hashing.
     """
@@ -179,10 +300,12 @@ class StaffAccounts:
         refresh_seconds: float,
         failures_per_minute: int,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._accounts = Snapshot(
             STAFF, _load_accounts, engine=engine, refresh_seconds=refresh_seconds, monotonic=monotonic
         )
+        self._clock = clock
         self._verified: dict[str, tuple[int, str]] = {}
         self._lock = threading.Lock()
         self._hashing = threading.Lock()
@@ -199,7 +322,7 @@ class StaffAccounts:
         with self._lock:
             verified = self._verified.get(fingerprint)
         if staff is not None and staff.active and verified == (staff_id, staff.token_hash):
-            return staff
+            return self._in_date(staff)
         keys = (f"source:{source}", f"account:{staff_id}")
         # One argon2 check at a time in the process: the limit is checked and counted under the
         # same lock, so a burst cannot slip past it, and a flood holds at most one core.
@@ -222,6 +345,14 @@ class StaffAccounts:
             if len(self._verified) >= _VERIFIED_MAX:
                 self._verified.clear()
             self._verified[fingerprint] = (staff_id, staff.token_hash)
+        return self._in_date(staff)
+
+    def _in_date(self, staff: Staff) -> Staff:
+        """A verified token of an active account, refused when revoked or past its expiry."""
+        if staff.token_revoked_at is not None:
+            raise NotAuthenticated("this bearer token was revoked; ask an admin for a new one")
+        if staff.token_expires_at is not None and staff.token_expires_at <= self._clock():
+            raise NotAuthenticated("this bearer token has expired; ask an admin for a new one")
         return staff
 
     def _wait(self, key: str) -> int:
@@ -241,4 +372,6 @@ def _load_accounts(session: Session) -> dict[int, Staff]:
 
 def audit(staff: Staff, action: str, target: str) -> None:
     """Who did or read what, for the access log personal data needs (ids only, never the data)."""
-    _audit.info("staff=%s role=%s action=%s target=%s", staff.username, staff.role.value, action, target)
+    _audit.info(
+        "staff=%s roles=%s action=%s target=%s", staff.username, roles_text(staff.role_set), action, target
+    )
