@@ -2,7 +2,10 @@
 
 Requests cover ``"@method" "@path" "content-type" "content-digest"`` with parameters in the
 protocol's order (created, expires, nonce, keyid, alg, tag); responses cover
-``"@status" "content-type" "content-digest"`` with created, keyid, alg, tag.
+``"@status" "content-type" "content-digest"`` with created, keyid, alg, tag, and, when they answer
+a signed request (every answer a node verifies does), are bound to it with RFC 9421's ``req``
+parameter (section 2.4): ``"@path";req "content-digest";req "signature";req;key="yp"`` follow,
+the request's path, body digest and signature (docs/protocol.md section 6.1, :class:`RequestBinding`).
 
 The protocol has one signature profile, so this module builds it directly (the signature base and
 the two headers as strings, SHA-256 from hashlib, Ed25519 from ``cryptography``) instead of going
@@ -59,6 +62,10 @@ TAG = "yipanqi/1"
 ALG = "ed25519"
 REQUEST_COMPONENTS = ("@method", "@path", "content-type", "content-digest")
 RESPONSE_COMPONENTS = ("@status", "content-type", "content-digest")
+# An answer to a signed request also covers the request's path, body digest and signature (RFC 9421
+# section 2.4, the ``req`` parameter; section 2.1.2, ``key`` picks the ``yp`` member).
+REQUEST_BOUND = ('"@path";req', '"content-digest";req', f'"signature";req;key="{LABEL}"')
+BOUND_RESPONSE_COMPONENTS = RESPONSE_COMPONENTS + REQUEST_BOUND
 REQUEST_PARAM_ORDER = ("created", "expires", "nonce", "keyid", "alg", "tag")
 RESPONSE_PARAM_ORDER = ("created", "keyid", "alg", "tag")
 MAX_NONCE_BYTES = 96  # 128 base64url characters
@@ -101,11 +108,12 @@ def _sf_integer(value: int) -> str:
 
 
 def _inner_list(components: tuple[str, ...]) -> str:
-    return "(" + " ".join(f'"{c}"' for c in components) + ")"
+    return "(" + " ".join(c if c.startswith('"') else f'"{c}"' for c in components) + ")"
 
 
 _REQUEST_INNER = _inner_list(REQUEST_COMPONENTS)
 _RESPONSE_INNER = _inner_list(RESPONSE_COMPONENTS)
+_BOUND_INNER = _inner_list(BOUND_RESPONSE_COMPONENTS)
 _TRAILER = f';alg="{ALG}";tag="{TAG}"'
 
 
@@ -189,17 +197,86 @@ def _request_base(
     return base.encode("ascii") if base.isascii() else None
 
 
-def _response_base(status: int, content_type: list[str], digest: list[str], params: str) -> bytes | None:
-    """The signature base of a response, or None if it has none."""
+def _response_base(
+    status: int,
+    content_type: list[str],
+    digest: list[str],
+    params: str,
+    request: RequestBinding | None = None,
+) -> bytes | None:
+    """The signature base of a response (bound to ``request`` if given), or None if it has none."""
     status_text = str(status)
     type_value, digest_value = _field_value(content_type), _field_value(digest)
     if not _derived_ok(status_text) or type_value is None or digest_value is None:
         return None
+    bound = ""
+    if request is not None:
+        bound = (
+            f'"@path";req: {request.path}\n"content-digest";req: {request.content_digest}\n'
+            f'"signature";req;key="{LABEL}": {request.signature}\n'
+        )
     base = (
         f'"@status": {status_text}\n"content-type": {type_value}\n'
-        f'"content-digest": {digest_value}\n"@signature-params": {params}'
+        f'"content-digest": {digest_value}\n{bound}"@signature-params": {params}'
     )
     return base.encode("ascii") if base.isascii() else None
+
+
+# --- binding an answer to its request (RFC 9421 section 2.4) -----------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestBinding:
+    """The request an answer is bound to: the values of its ``"@path"``, ``"content-digest"`` and
+    ``"signature";key="yp"`` components, which the answer's signature covers with ``;req``.
+
+    The receiver takes them from the request it received (:meth:`of_request`), the sender from the
+    request it sent (the same method on its own headers): an answer verifies only against the
+    request it was made for, so a signed answer to one request cannot be replayed for another
+    (every request has its own nonce, so its own signature, and its own body)."""
+
+    path: str  # "@path": the path, without the query
+    content_digest: str  # the request's Content-Digest field value, as covered
+    signature: str  # the yp member of its Signature field, serialised (":<base64>:")
+
+    @classmethod
+    def of_request(cls, path: str, headers: Iterable[tuple[str, str]]) -> RequestBinding | None:
+        """The binding of a request sent to ``path`` with ``headers``; None if it cannot be bound
+        (no Content-Digest, no ``yp`` signature, a path that is not a request path): such a request
+        is answered with a signature that covers the response alone, which no sender accepts."""
+        digest: list[str] = []
+        signatures: list[str] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "content-digest":
+                digest.append(value)
+            elif lower == "signature":
+                signatures.append(value)
+        at_path, digest_value = _at_path(path), _field_value(digest)
+        member = _yp_member(signatures)
+        if at_path is None or not digest_value or member is None:
+            return None
+        binding = cls(at_path, digest_value, member)
+        if not all(v.isascii() and v.isprintable() for v in (at_path, digest_value, member)):
+            return None
+        return binding
+
+
+def _yp_member(lines: list[str]) -> str | None:
+    """The ``yp`` member of a Signature field, serialised (RFC 9421 section 2.1.2), or None."""
+    if len(lines) == 1:
+        value = lines[0].strip(" \t")
+        if _SIGNATURE.fullmatch(value):
+            return value[len(LABEL) + 1 :]
+    if not lines:
+        return None
+    try:
+        text = ", ".join(_normalize(v) for v in lines).encode("ascii")
+        parsed: Any = http_sf.parse(text, tltype="dictionary")
+        member = parsed.get(LABEL)
+        return None if member is None else str(http_sf.ser(member))
+    except (ValueError, TypeError, UnicodeEncodeError):
+        return None
 
 
 def _signature_field(signature: bytes) -> str:
@@ -242,14 +319,23 @@ def sign_request(
 
 
 def sign_response(
-    *, status: int, body: bytes, key: Ed25519PrivateKey, keyid: str, created: datetime, content_type: str
+    *,
+    status: int,
+    body: bytes,
+    key: Ed25519PrivateKey,
+    keyid: str,
+    created: datetime,
+    content_type: str,
+    request: RequestBinding | None = None,
 ) -> dict[str, str]:
+    """The headers of a signed response; bound to ``request`` (RFC 9421 ``req``) when given."""
     params = (
-        f"{_RESPONSE_INNER};created={_sf_integer(int(created.timestamp()))}"
+        f"{_RESPONSE_INNER if request is None else _BOUND_INNER}"
+        f";created={_sf_integer(int(created.timestamp()))}"
         f";keyid={_sf_string(keyid)}{_TRAILER}"
     )
     digest = content_digest(body)
-    base = _response_base(status, [content_type], [digest], params)
+    base = _response_base(status, [content_type], [digest], params, request)
     if base is None:
         raise ValueError(f"cannot sign a response with status {status!r} and Content-Type {content_type!r}")
     return {
@@ -271,6 +357,8 @@ class VerifiedSignature:
     expires: datetime | None
     signature_input: str
     signature: str
+    # A response: the request it is bound to (what its signature covers with ``req``), for evidence.
+    bound_to: RequestBinding | None = None
 
 
 @dataclass(frozen=True)
@@ -297,12 +385,15 @@ _SIGNATURE = re.compile(rf"{LABEL}=:([A-Za-z0-9+/]{{86}}==):")  # 64 bytes
 class _Profile:
     """A message kind's covered components and the parameters its written form has, in order."""
 
-    __slots__ = ("components", "order", "prefix", "written")
+    __slots__ = ("bound", "components", "members", "order", "prefix", "written")
 
     def __init__(self, components: tuple[str, ...], order: tuple[str, ...]) -> None:
         self.components = components
         self.order = order
         self.prefix = f"{LABEL}={_inner_list(components)}"  # the yp member up to its parameters
+        # Components with parameters (``"@path";req``) as http_sf reads them: (name, parameters).
+        self.members = tuple(_member_of(c) for c in components)
+        self.bound = any(params for _, params in self.members)
         # Exactly what sign_request / sign_response write (integers without leading zeros).
         values = "".join(
             f";{name}=(0|[1-9][0-9]{{0,14}})" if name in _INTEGER_PARAMS else f";{name}={_SF_PLAIN_STRING}"
@@ -311,8 +402,17 @@ class _Profile:
         self.written = re.compile(re.escape(self.prefix) + values)
 
 
+def _member_of(component: str) -> tuple[str, dict[str, Any]]:
+    if not component.startswith('"'):
+        return component, {}
+    parsed: Any = http_sf.parse(component.encode("ascii"), tltype="item")
+    value, params = parsed
+    return str(value), dict(params)
+
+
 _REQUEST = _Profile(REQUEST_COMPONENTS, REQUEST_PARAM_ORDER)
 _RESPONSE = _Profile(RESPONSE_COMPONENTS, RESPONSE_PARAM_ORDER)
+_BOUND_RESPONSE = _Profile(BOUND_RESPONSE_COMPONENTS, RESPONSE_PARAM_ORDER)
 
 
 def _read_canonical(sig_input: str, sig: str, profile: _Profile) -> _Signature | None:
@@ -371,7 +471,7 @@ def _param_types_ok(params: Mapping[str, Any]) -> bool:
 
 
 def _signature_params(
-    sig_input_lines: list[str], sig_lines: list[str], components: tuple[str, ...]
+    sig_input_lines: list[str], sig_lines: list[str], profile: _Profile
 ) -> tuple[str, bytes] | None:
     """Rule 5's reading of the headers: their lines trimmed and joined, every label well formed and
     in both, no label twice, the ``yp`` signature with only RFC 9421's parameters and exactly the
@@ -403,16 +503,34 @@ def _signature_params(
         return None
     if not params.keys() <= _METADATA_PARAMS:
         return None
-    if tuple(value for value, _ in members) != components:
-        return None
-    if any(not isinstance(value, str) or item_params for value, item_params in members):
-        return None
-    member: Any = ([(c, {}) for c in components], params)
+    if profile.bound:  # exactly the profile's identifiers, their parameters in its order
+        expected = [(value, list(p.items())) for value, p in profile.members]
+        if [(value, list(p.items())) for value, p in members] != expected:
+            return None
+        member: Any = (list(profile.members), params)
+    else:
+        components = profile.components
+        if tuple(value for value, _ in members) != components:
+            return None
+        if any(not isinstance(value, str) or item_params for value, item_params in members):
+            return None
+        member = ([(c, {}) for c in components], params)
     try:
         text = str(http_sf.ser({LABEL: member}))
     except (ValueError, TypeError):
         return None
     return text[len(LABEL) + 1 :], signatures[LABEL][0]
+
+
+def _identifier(member: Any) -> str:
+    """A covered component as the bound profile names it: ``@status``, or ``"@path";req``."""
+    value, params = member
+    if not params:
+        return str(value)
+    try:
+        return str(http_sf.ser((value, params)))
+    except (ValueError, TypeError):
+        return repr(value)
 
 
 def _read_general(
@@ -428,11 +546,11 @@ def _read_general(
     members, params = inputs[LABEL]
     if not isinstance(members, list) or not isinstance(signatures[LABEL][0], bytes):
         raise SignatureMissing("malformed signature member")
-    checked = _signature_params(sig_input_lines, sig_lines, profile.components)
+    checked = _signature_params(sig_input_lines, sig_lines, profile)
     return _Signature(
         signature_input=sig_input,
         signature=sig,
-        components=tuple(m[0] for m in members),
+        components=tuple(_identifier(m) for m in members) if profile.bound else tuple(m[0] for m in members),
         params=dict(params),
         signature_params=None if checked is None else checked[0],
         value=b"" if checked is None else checked[1],
@@ -572,13 +690,22 @@ def verify_response(
     expected_node: str,
     now: datetime,
     skew_seconds: int = 300,
+    request: RequestBinding | None = None,
 ) -> VerifiedSignature:
-    """Check a peer's signed response (a receipt is evidence only if this passes)."""
-    read, content_type, digest = _read(headers, _RESPONSE)
+    """Check a peer's signed response (a receipt is evidence only if this passes).
+
+    ``request``: the request it answers. Then the response must be bound to it (cover
+    ``REQUEST_BOUND`` with its values): an answer to another request, or one that covers the
+    response alone, is refused with SignatureInvalid. A sender always passes it; without it only
+    a response that covers itself alone verifies (an answer to an unsigned request)."""
+    profile = _RESPONSE if request is None else _BOUND_RESPONSE
+    read, content_type, digest = _read(headers, profile)
     params = read.params
     _check_params(params, expect_expires=False)
-    if read.components != RESPONSE_COMPONENTS:
-        raise SignatureInvalid("response must cover " + " ".join(RESPONSE_COMPONENTS))
+    if read.components != profile.components:
+        if request is not None and read.components == RESPONSE_COMPONENTS:
+            raise SignatureInvalid("the response is not bound to its request (RFC 9421 req)")
+        raise SignatureInvalid("response must cover " + " ".join(profile.components))
     if not params["keyid"].startswith(expected_node + "/"):
         raise UnknownKey("the response is signed by another node")
     key = resolve_key(params["keyid"])
@@ -587,8 +714,16 @@ def verify_response(
     _check_time(params, now, skew_seconds, skew_seconds)
     base = None
     if read.signature_params is not None:
-        base = _response_base(status, content_type, digest, read.signature_params)
-    _check_signature(key, read, base)
+        base = _response_base(status, content_type, digest, read.signature_params, request)
+    if request is None:
+        _check_signature(key, read, base)
+    else:
+        try:
+            _check_signature(key, read, base)
+        except SignatureInvalid:
+            raise SignatureInvalid(
+                "the signature does not verify for this request (altered, or an answer to another request)"
+            ) from None
     _check_digest(digest, body)
     return VerifiedSignature(
         keyid=params["keyid"],
@@ -597,4 +732,5 @@ def verify_response(
         expires=None,
         signature_input=read.signature_input,
         signature=read.signature,
+        bound_to=request,
     )

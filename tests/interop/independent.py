@@ -45,6 +45,18 @@ class Verdict:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class BoundRequest:
+    """The signed request a response answers (its method, path and headers as sent)."""
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+
+    def command(self) -> dict[str, Any]:
+        return {"method": self.method, "url": self.url, "headers": dict(self.headers)}
+
+
 def _node() -> str | None:
     return shutil.which("node")
 
@@ -135,21 +147,22 @@ def sign_response(
     private_seed_hex: str,
     keyid: str,
     created: int,
+    request: BoundRequest | None = None,
 ) -> Signed:
-    """Sign a peer response: adds Content-Digest, Signature-Input and Signature (label ``yp``)."""
-    return _signed(
-        _run(
-            {
-                "op": "sign_response",
-                "status": status,
-                "headers": dict(headers),
-                "body": _body_text(body),
-                "private_seed_hex": private_seed_hex,
-                "keyid": keyid,
-                "created": created,
-            }
-        )
-    )
+    """Sign a peer response: adds Content-Digest, Signature-Input and Signature (label ``yp``);
+    bound to ``request`` (RFC 9421 ``req``) when given."""
+    command: dict[str, Any] = {
+        "op": "sign_response",
+        "status": status,
+        "headers": dict(headers),
+        "body": _body_text(body),
+        "private_seed_hex": private_seed_hex,
+        "keyid": keyid,
+        "created": created,
+    }
+    if request is not None:
+        command["request"] = request.command()
+    return _signed(_run(command))
 
 
 def verify_request(
@@ -184,17 +197,18 @@ def verify_response(
     body: str | bytes,
     public_key_b64url: str,
     now: int,
+    request: BoundRequest | None = None,
 ) -> Verdict:
-    """Verify a peer response's ``yp`` signature and its Content-Digest, with the clock at ``now``."""
-    return _verdict(
-        _run(
-            {
-                "op": "verify_response",
-                "status": status,
-                "headers": dict(headers),
-                "body": _body_text(body),
-                "public_key_b64url": public_key_b64url,
-                "now": now,
-            }
-        )
-    )
+    """Verify a peer response's ``yp`` signature and its Content-Digest, with the clock at ``now``;
+    with ``request``, it must be bound to that request (RFC 9421 ``req``)."""
+    command: dict[str, Any] = {
+        "op": "verify_response",
+        "status": status,
+        "headers": dict(headers),
+        "body": _body_text(body),
+        "public_key_b64url": public_key_b64url,
+        "now": now,
+    }
+    if request is not None:
+        command["request"] = request.command()
+    return _verdict(_run(command))

@@ -10,11 +10,16 @@
 //
 //   {"op":"sign_request","method","url","headers","body","private_seed_hex","keyid",
 //    "created","expires","nonce"}                      -> {"headers": {...}, "signature_base": "..."}
-//   {"op":"sign_response","status","headers","body","private_seed_hex","keyid","created"}
+//   {"op":"sign_response","status","headers","body","private_seed_hex","keyid","created"[,"request"]}
 //                                                      -> {"headers": {...}, "signature_base": "..."}
 //   {"op":"verify_request","method","url","headers","body","public_key_b64url","now"}
-//   {"op":"verify_response","status","headers","body","public_key_b64url","now"}
+//   {"op":"verify_response","status","headers","body","public_key_b64url","now"[,"request"]}
 //                                                      -> {"ok": true} | {"ok": false, "error": "..."}
+//
+// "request" ({"method","url","headers"}): the signed request the response answers. Then the
+// response is bound to it with RFC 9421's `req` parameter (section 2.4): it also covers
+// "@path";req "content-digest";req "signature";req;key="yp", and a verifier given a request
+// requires exactly those components.
 //
 // A malformed command (bad JSON, unknown op, missing field, bad key) gives {"error": "..."} and
 // exit status 2; a verification that fails is a normal answer ({"ok": false}) with exit status 0.
@@ -35,6 +40,7 @@ const REQUEST_FIELDS = ['@method', '@path', 'content-type', 'content-digest'];
 const REQUEST_PARAMS = ['created', 'expires', 'nonce', 'keyid', 'alg', 'tag'];
 const RESPONSE_FIELDS = ['@status', 'content-type', 'content-digest'];
 const RESPONSE_PARAMS = ['created', 'keyid', 'alg', 'tag'];
+const BOUND_RESPONSE_FIELDS = [...RESPONSE_FIELDS, '"@path";req', '"content-digest";req', `"signature";req;key="${LABEL}"`];
 
 class UsageError extends Error {}
 
@@ -162,10 +168,10 @@ function onlyOurSignature(headers) {
 }
 
 // The signature base the library builds for an already signed message (for diagnostics/tests).
-function signatureBaseOf(message) {
+function signatureBaseOf(message, req) {
   const input = sf.parseDictionary(findHeader(message.headers, 'signature-input')).get(LABEL);
   const fields = input[0].map((item) => sf.serializeItem(item));
-  const base = httpbis.createSignatureBase({ fields }, message);
+  const base = httpbis.createSignatureBase({ fields }, message, req);
   base.push(['"@signature-params"', [sf.serializeList([input])]]);
   return httpbis.formatSignatureBase(base);
 }
@@ -173,10 +179,38 @@ function signatureBaseOf(message) {
 // ---------------------------------------------------------------------------------------------
 // operations
 
-async function sign(message, fields, params, paramValues, seedHex, keyid) {
+async function sign(message, fields, params, paramValues, seedHex, keyid, req) {
   const key = createSigner(privateKeyFromSeedHex(seedHex), ALG, keyid);
-  const signed = await httpbis.signMessage({ key, name: LABEL, fields, params, paramValues }, message);
-  return { headers: signed.headers, signature_base: signatureBaseOf(signed) };
+  const signed = await httpbis.signMessage({ key, name: LABEL, fields, params, paramValues }, message, req);
+  return { headers: signed.headers, signature_base: signatureBaseOf(signed, req) };
+}
+
+// The request a response answers ("request" in the command), as the library takes it; or undefined.
+function boundRequest(cmd) {
+  if (cmd.request === undefined) {
+    return undefined;
+  }
+  const request = requireField(cmd, 'request', 'object');
+  return {
+    method: requireField(request, 'method', 'string'),
+    url: requestUrl(requireField(request, 'url', 'string')),
+    headers: headersOf(request),
+  };
+}
+
+// The covered components: a response bound to a request covers the bound ones (the library takes
+// a component identifier with parameters, '"@path";req', as it takes a plain name).
+function fieldsOf(req, fields, bound) {
+  return req === undefined ? fields : bound;
+}
+
+// The library's requiredFields compares names only ("@path" and "@path";req alike), so a response
+// that must be bound is checked here to cover exactly the bound identifiers, in order.
+function coversExactly(headers, identifiers) {
+  const input = sf.parseDictionary(findHeader(headers, 'signature-input')).get(LABEL);
+  const covered = input[0].map((item) => sf.serializeItem(item));
+  const wanted = identifiers.map((f) => (f.startsWith('"') ? f : `"${f}"`));
+  return covered.length === wanted.length && covered.every((c, i) => c === wanted[i]);
 }
 
 async function signRequest(cmd) {
@@ -214,25 +248,30 @@ async function signResponse(cmd) {
     alg: ALG,
     tag: TAG,
   };
-  return sign(message, RESPONSE_FIELDS, RESPONSE_PARAMS, paramValues, cmd.private_seed_hex, cmd.keyid);
+  const req = boundRequest(cmd);
+  const fields = fieldsOf(req, RESPONSE_FIELDS, BOUND_RESPONSE_FIELDS);
+  return sign(message, fields, RESPONSE_PARAMS, paramValues, cmd.private_seed_hex, cmd.keyid, req);
 }
 
-async function verify(message, body, fields, params, publicKeyText, now) {
+async function verify(message, body, fields, params, publicKeyText, now, req) {
   const publicKey = publicKeyFromB64url(publicKeyText);
   const realNow = Date.now;
   try {
     const headers = onlyOurSignature(message.headers);
+    if (req !== undefined && !coversExactly(headers, fields)) {
+      return { ok: false, error: 'the response is not bound to the request (covered components)' };
+    }
     // The library reads the clock through Date.now(); pin it to the caller's "now" so fixed test
     // vectors (whose created/expires lie in the past) can be verified. One process, one call.
     Date.now = () => now * 1000;
     const verified = await httpbis.verifyMessage({
       keyLookup: async () => ({ id: undefined, algs: [ALG], verify: createVerifier(publicKey, ALG) }),
-      requiredFields: fields,
+      requiredFields: fields.map((f) => (f.startsWith('"') ? sf.parseItem(f)[0] : f)),
       requiredParams: params,
       notAfter: now + MAX_SKEW, // created may lie at most MAX_SKEW s in the receiver's future
       maxAge: MAX_SKEW, // ... and at most MAX_SKEW s in its past
       tolerance: 0,
-    }, { ...message, headers });
+    }, { ...message, headers }, req);
     if (verified !== true) {
       return { ok: false, error: 'signature does not verify' };
     }
@@ -257,8 +296,10 @@ async function verifyRequest(cmd) {
 
 async function verifyResponse(cmd) {
   const message = { status: requireField(cmd, 'status', 'integer'), headers: headersOf(cmd) };
-  return verify(message, requireField(cmd, 'body', 'string'), RESPONSE_FIELDS, RESPONSE_PARAMS,
-    cmd.public_key_b64url, requireField(cmd, 'now', 'integer'));
+  const req = boundRequest(cmd);
+  const fields = fieldsOf(req, RESPONSE_FIELDS, BOUND_RESPONSE_FIELDS);
+  return verify(message, requireField(cmd, 'body', 'string'), fields, RESPONSE_PARAMS,
+    cmd.public_key_b64url, requireField(cmd, 'now', 'integer'), req);
 }
 
 const OPS = {

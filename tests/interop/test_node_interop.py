@@ -126,6 +126,7 @@ class FakePeer:
             private_seed_hex=PEER_SEED,
             keyid=PEER_KEYID,
             created=int(utcnow().timestamp()),
+            request=independent.BoundRequest("POST", path, headers),  # bound to what it answers
         )
         return 202, signed.headers, receipt
 
@@ -201,13 +202,23 @@ def independently_signed(body: bytes, *, nonce: str | None = None) -> dict[str, 
     ).headers
 
 
+def sent(response: httpx.Response) -> independent.BoundRequest:
+    """The request ``response`` answers, as sent: what the node's answer is bound to."""
+    request = response.request
+    return independent.BoundRequest(
+        request.method, request.url.raw_path.decode(), dict(request.headers.items())
+    )
+
+
 def verified_independently(node: LocalNode, response: httpx.Response) -> independent.Verdict:
+    """The node's answer verifies independently, bound to the request it answers (RFC 9421 req)."""
     return independent.verify_response(
         status=response.status_code,
         headers=dict(response.headers.items()),
         body=response.content,
         public_key_b64url=node_public_key(node),
         now=int(utcnow().timestamp()),
+        request=sent(response),
     )
 
 
@@ -252,8 +263,21 @@ def test_independent_verifier_rejects_a_tampered_node_receipt(node: LocalNode) -
         body=response.content.replace(b'"accepted"', b'"duplicate"'),
         public_key_b64url=node_public_key(node),
         now=int(utcnow().timestamp()),
+        request=sent(response),
     )
     assert verdict == independent.Verdict(ok=False, error="Content-Digest does not match the body")
+    # ...and refuses it as the answer to any other request (another signature, another body).
+    other = request_body()
+    elsewhere = independent.BoundRequest("POST", REQUESTS, independently_signed(other))
+    verdict = independent.verify_response(
+        status=response.status_code,
+        headers=dict(response.headers.items()),
+        body=response.content,
+        public_key_b64url=node_public_key(node),
+        now=int(utcnow().timestamp()),
+        request=elsewhere,
+    )
+    assert verdict == independent.Verdict(ok=False, error="signature does not verify")
 
 
 # --- the project signs, the independent implementation verifies ---------------------------------------
