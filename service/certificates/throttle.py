@@ -1,0 +1,93 @@
+"""Per-peer limits on certificate look-ups at the origin: a rate and a number at once.
+
+Checked after the request's signature (so a peer's budget is spent only by that peer) and before
+any transaction or parsing of the payload: a look-up past either limit costs no database work and
+is answered with a signed ``429 rate_limited`` and ``Retry-After``.
+
+- The rate: ``lookup_rate_limit`` in the notation of the ``limits`` library (``"60/minute;1000/hour"``),
+  a moving window per peer node, kept in this process's memory.
+- At once: at most ``lookup_peer_concurrency`` look-ups of one peer in flight; one more is refused
+  at once (``Retry-After: 1``), never queued (queueing would hold a worker thread for the peer).
+
+Both are per replica: behind a load balancer with ``n`` replicas a peer may get ``n`` times the
+rate and the number at once; give each replica 1/n of what the node as a whole should allow.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.requests import Request
+
+from service.config import Settings
+from service.errors import TooManyRequests
+
+
+class PeerLimits:
+    """The rate and concurrency limits of each peer's look-ups, in this process."""
+
+    def __init__(self, rate: str, concurrency: int) -> None:
+        self._items: list[RateLimitItem] = parse_many(rate)
+        self._windows = MovingWindowRateLimiter(MemoryStorage())
+        self._concurrency = concurrency
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def admit(self, peer: str) -> Iterator[None]:
+        """Hold one of ``peer``'s places while the look-up runs; TooManyRequests if none is free."""
+        with self._lock:  # the check and the count together: a burst cannot slip past either
+            if self._in_flight.get(peer, 0) >= self._concurrency:
+                raise TooManyRequests(
+                    f"more than {self._concurrency} look-ups from this node at once", retry_after=1
+                )
+            for item in self._items:
+                if not self._windows.test(item, peer):
+                    raise TooManyRequests(
+                        f"more look-ups from this node than {item}", retry_after=self._wait(item, peer)
+                    )
+            for item in self._items:
+                self._windows.hit(item, peer)
+            self._in_flight[peer] = self._in_flight.get(peer, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._in_flight[peer] - 1
+                if left:
+                    self._in_flight[peer] = left
+                else:
+                    del self._in_flight[peer]
+
+    def in_flight(self, peer: str) -> int:
+        with self._lock:
+            return self._in_flight.get(peer, 0)
+
+    def _wait(self, item: RateLimitItem, peer: str) -> int:
+        reset = self._windows.get_window_stats(item, peer).reset_time
+        # The library's windows are in epoch seconds, on the real clock (as the staff sign-in limit's).
+        return max(1, math.ceil(reset - time.time()))
+
+
+_made = threading.Lock()
+
+
+def peer_limits(request: Request) -> PeerLimits:
+    """The app's limits (made at its first look-up, from its settings)."""
+    state = request.app.state
+    limits: PeerLimits | None = getattr(state, "lookup_limits", None)
+    if limits is None:
+        with _made:
+            limits = getattr(state, "lookup_limits", None)
+            if limits is None:
+                settings: Settings = state.settings
+                limits = PeerLimits(settings.lookup_rate_limit, settings.lookup_peer_concurrency)
+                state.lookup_limits = limits
+    return limits
