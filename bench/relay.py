@@ -41,9 +41,7 @@ def run(messages: int, concurrency: int, stalled: int) -> float:
         "YIPANQI_LOG_LEVEL": "WARNING",
         "YIPANQI_PEER_TIMEOUT_SECONDS": "2",
     }
-    sender, receiver = build_network(
-        root, [("410105", "金水区"), ("411627", "太康县")], free_ports(2), env
-    )
+    sender, receiver = build_network(root, [("410105", "金水区"), ("411627", "太康县")], free_ports(2), env)
     engine = make_engine(sender.database_url)
     # A peer that accepts connections and never answers (a hung proxy): each try waits for the timeout.
     hung = socket.socket()

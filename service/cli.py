@@ -17,14 +17,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
+from service import production
 from service.clock import offset_from_env, utcnow
 from service.config import get_settings, unknown_variables
 from service.db import get_engine, read_session, transaction
 from service.directory import service as directory
+from service.directory.cli import directory_app
 from service.errors import DomainError
+from service.evidence.cli import audit_app
 from service.migrations import upgrade
 from service.models import LocalNode, Role, Staff
 from service.signing import node as node_identity
+from service.signing import pii
 from service.signing.keys import public_key_text
 from service.staff.passwords import set_password
 from service.staff.service import create_staff
@@ -41,6 +45,10 @@ app.add_typer(peers_app, name="peers")
 app.add_typer(staff_app, name="staff")
 import_app = typer.Typer(help="Bulk imports (CSV or XLSX).", no_args_is_help=True)
 app.add_typer(import_app, name="import")
+app.add_typer(audit_app, name="audit")  # service/evidence/cli.py
+app.add_typer(directory_app, name="directory")  # the signed directory (service/directory/cli.py)
+pii_app = typer.Typer(help="Personal data at rest: the PII key ring.", no_args_is_help=True)
+app.add_typer(pii_app, name="pii")
 console = Console()
 
 
@@ -82,6 +90,11 @@ def _open_database(*, create: bool = False) -> None:
     if sqlite_file is not None and not create and not sqlite_file.exists():
         missing = f"no {sqlite_file.name}" if settings.data_dir.is_dir() else "no such folder"
         _fail(f"no node in {settings.data_dir.resolve()} ({missing}): {INIT_HINT}")
+    try:  # the PII key first: the migrations encrypt with it, production never makes one
+        pii.load(settings, create=True if create else None)
+    except pii.PiiKeyError as exc:
+        _fail(str(exc))
+    pii.install(None)  # read from the settings at first use, and again when the key file changes
     try:
         upgrade(get_engine())
     except ModuleNotFoundError as exc:  # the database's driver is an extra (psycopg for PostgreSQL)
@@ -122,9 +135,9 @@ def init(
     name: Annotated[str, typer.Option(help="county name, e.g. 金水区")],
     label: Annotated[str, typer.Option(help="key label")] = "k1",
 ) -> None:
-    """Create the data folder, database and this node's Ed25519 key pair."""
+    """Create the data folder (0700), database, PII key file and this node's Ed25519 key pair."""
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    pii.make_data_dir(settings.data_dir)
     _open_database(create=True)
     with transaction() as session:
         try:
@@ -196,6 +209,7 @@ def peers_add(
     try:
         directory.check_node_id(node_id)  # first: a wrong --node-id makes every key look wrong
         keys = [directory.KeySpec.parse(k) for k in key]
+        production.check_peer_url(get_settings(), url)  # https:// only, in production
     except DomainError as exc:
         _fail(exc.detail)
         return
@@ -236,21 +250,142 @@ def peers_remove(node_id: Annotated[str, typer.Option()]) -> None:
     console.print(f"peer {node_id} removed")
 
 
+def _cli_actor() -> str:
+    """Who made an account change from the command line, for the audit log."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+TokenDaysOption = Annotated[
+    int | None,
+    typer.Option("--token-days", min=1, max=3650, help="token lifetime (default: YIPANQI_STAFF_TOKEN_DAYS)"),
+]
+
+
 @staff_app.command("add")
 def staff_add(
     username: Annotated[str, typer.Option()],
-    role: Annotated[Role, typer.Option()],
+    role: Annotated[list[Role], typer.Option(help="a role the account holds; repeatable")],
+    token_days: TokenDaysOption = None,
 ) -> None:
     """Create a staff account; prints its bearer token once."""
+    _setup_logging()  # the account change goes to the audit log (standard error)
     _require_node()
     with transaction() as session:
         try:
-            staff, token = create_staff(session, username=username, role=role)
+            staff, token = create_staff(
+                session, username=username, roles=role, token_days=token_days, by=_cli_actor()
+            )
         except DomainError as exc:
             _fail(exc.detail)
             return
-    console.print(f"staff {staff.username} ({staff.role.value}) created; bearer token (shown once):")
+    expires = staff.token_expires_at.date().isoformat() if staff.token_expires_at else "never"
+    console.print(
+        f"staff {staff.username} ({staff.roles}) created; bearer token (expires {expires}, shown once):"
+    )
     print(token)
+
+
+@staff_app.command("list")
+def staff_list() -> None:
+    """Show the accounts: roles, whether active, their token's state and expiry."""
+    from service.staff.service import list_staff, token_state
+
+    _require_node()
+    now = utcnow()
+    table = Table("id", "username", "roles", "active", "token", "token expires")
+    with read_session() as session:
+        for staff in list_staff(session):
+            expires = (
+                staff.token_expires_at.isoformat(timespec="minutes") if staff.token_expires_at else "never"
+            )
+            table.add_row(
+                str(staff.id),
+                staff.username,
+                ",".join(sorted(staff.role_set)),
+                "yes" if staff.active else "no",
+                token_state(staff, now),
+                expires,
+            )
+    console.print(table)
+
+
+def _change_account(username: str, change: str, **options: object) -> None:
+    """One account change (``service.staff.service``), audited there, or one line and exit 2."""
+    from service.staff import service as accounts
+
+    _setup_logging()  # the account change goes to the audit log (standard error)
+    _require_node()
+    new = accounts.new_token() if change == "token" else None  # argon2 before the transaction
+    actor = _cli_actor()
+    try:
+        with transaction() as session:
+            staff = accounts.find_staff(session, username)
+            assert staff.id is not None
+            if change == "revoke":
+                accounts.revoke_token(session, staff.id, by=actor, now=utcnow())
+                console.print(f"bearer token of {username} revoked")
+            elif change == "token":
+                assert new is not None
+                token = accounts.replace_token(session, staff.id, new, by=actor, **options)  # type: ignore[arg-type]
+                expires = staff.token_expires_at.date().isoformat() if staff.token_expires_at else "never"
+                console.print(
+                    f"new bearer token of {username} (expires {expires}, shown once; the old one is revoked):"
+                )
+                print(token)
+            elif change in ("deactivate", "reactivate"):
+                accounts.set_active(
+                    session, staff.id, change == "reactivate", by=None, now=utcnow(), by_name=actor
+                )
+                console.print(
+                    f"staff {username} {change}d"
+                    + (": token and console sessions ended" if change == "deactivate" else "")
+                )
+            else:
+                accounts.set_roles(session, staff.id, options["roles"], by=None, by_name=actor)  # type: ignore[arg-type]
+                console.print(f"staff {username} now holds {staff.roles}")
+    except DomainError as exc:
+        _fail(exc.detail if exc.status_code != 404 else f"no staff account {username!r}")
+
+
+UsernameArgument = Annotated[str, typer.Argument(help="the account")]
+
+
+@staff_app.command("revoke")
+def staff_revoke(username: UsernameArgument) -> None:
+    """Revoke an account's bearer token at once (no new one; `staff token` issues one)."""
+    _change_account(username, "revoke")
+
+
+@staff_app.command("token")
+def staff_token(username: UsernameArgument, token_days: TokenDaysOption = None) -> None:
+    """Issue a new bearer token (printed once); the old one stops working."""
+    _change_account(username, "token", token_days=token_days)
+
+
+@staff_app.command("deactivate")
+def staff_deactivate(username: UsernameArgument) -> None:
+    """停用: the token stops working and the console sessions end, at once."""
+    _change_account(username, "deactivate")
+
+
+@staff_app.command("reactivate")
+def staff_reactivate(username: UsernameArgument) -> None:
+    """Let a deactivated account sign in again (with its token, unless revoked or expired)."""
+    _change_account(username, "reactivate")
+
+
+@staff_app.command("roles")
+def staff_roles(
+    username: UsernameArgument,
+    role: Annotated[list[Role], typer.Option(help="a role the account holds from now on; repeatable")],
+) -> None:
+    """Set the roles an account holds (replacing the ones it had)."""
+    _change_account(username, "roles", roles=role)
 
 
 @staff_app.command("password")
@@ -360,3 +495,65 @@ def contracts_command(
     for path in changed:
         console.print(f"wrote {path}")
     console.print(f"{len(changed)} file(s) changed in {root}")
+
+
+@pii_app.command("rotate")
+def pii_rotate(
+    batch_size: Annotated[int | None, typer.Option(min=1, help="rows per transaction")] = None,
+) -> None:
+    """Add a new PII key version, make it current, and re-encrypt every stored value with it."""
+    from service.signing import pii_rotation
+
+    _require_node()
+    settings = get_settings()
+    try:
+        ring = pii_rotation.rotate(settings)
+    except pii.PiiKeyError as exc:
+        _fail(str(exc))
+        return
+    console.print(f"PII key v{ring.current} is current (keys/{pii.KEY_FILE}); re-encrypting")
+    _pii_reencrypt(batch_size or settings.pii_rotate_batch_size)
+
+
+@pii_app.command("reencrypt")
+def pii_reencrypt(
+    batch_size: Annotated[int | None, typer.Option(min=1, help="rows per transaction")] = None,
+) -> None:
+    """Re-encrypt every stored value that is not under the current PII key version."""
+    _require_node()
+    _pii_reencrypt(batch_size or get_settings().pii_rotate_batch_size)
+
+
+def _pii_reencrypt(batch_size: int) -> None:
+    from service.signing import pii_rotation
+
+    try:
+        report = pii_rotation.reencrypt(batch_size=batch_size)
+    except pii.PiiKeyError as exc:
+        _fail(str(exc))
+        return
+    for column, count in sorted(report.rewritten.items()):
+        console.print(f"  {column}: {count}")
+    console.print(f"{report.total} value(s) re-encrypted with PII key v{report.current}")
+    if report.skipped:
+        console.print(f"{report.skipped} row(s) changed meanwhile: run `yipanqi pii reencrypt` again")
+
+
+@pii_app.command("status")
+def pii_status() -> None:
+    """How many stored values each PII key version encrypts (a finished rotation: only the current)."""
+    from service.signing import pii_rotation
+
+    _require_node()
+    ring = pii.keyring()
+    for version, count in sorted(pii_rotation.versions().items()):
+        label = f"v{version}" if version else "not encrypted"
+        console.print(f"{label}: {count}{' (current)' if version == ring.current else ''}")
+
+
+@pii_app.command("new-key")
+def pii_new_key() -> None:
+    """Print a new random key entry (for YIPANQI_PII_KEYS; append it as the highest version)."""
+    import base64
+
+    print("v<n>:" + base64.urlsafe_b64encode(pii.new_secret()).rstrip(b"=").decode("ascii"))

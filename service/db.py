@@ -19,17 +19,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends
 from sqlalchemy import DateTime, event
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine, make_url
 from sqlalchemy.orm import Session as OrmSession
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session, create_engine
 
 from service.config import get_settings
 from service.errors import ServiceBusy
+from service.signing.pii import secure_sqlite_files
 
 READ_ONLY = "yipanqi_read_only"  # execution option and Session.info key of a read session
 _WRITER_LOCK = "yipanqi_writer_lock"  # connection info: this connection holds its engine's writer lock
@@ -137,6 +139,14 @@ def make_engine(url: str) -> Engine:
         "pool_timeout": settings.write_lock_wait_seconds,
     }
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        file = None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            file = Path(database)
+        if file is not None:
+            # Personal data: the file is the owner's only (0600), and so are its -wal and -shm,
+            # which SQLite creates later with the database file's mode (service/signing/pii.py).
+            secure_sqlite_files(file)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
@@ -145,6 +155,8 @@ def make_engine(url: str) -> Engine:
         )
         lock = WriterLock(settings.write_lock_wait_seconds)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if file is not None:
+            event.listen(engine, "connect", lambda *_: secure_sqlite_files(file))  # -wal, -shm made now
         event.listen(engine, "begin", _sqlite_begin(lock))
         event.listen(engine, "commit", _release_writer_lock)
         event.listen(engine, "rollback", _release_writer_lock)

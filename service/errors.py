@@ -97,6 +97,14 @@ class ServiceBusy(RetryLater):
     title = "Busy"
 
 
+class DatabaseUnavailable(RetryLater):
+    """The database did not answer (an outage, a cut connection): come back later, never a 500."""
+
+    status_code = 503
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
 class TooManyRequests(RetryLater):
     status_code = 429
     code = "rate_limited"

@@ -25,6 +25,7 @@ from service.db import make_engine
 from service.directory.service import KeySpec, add_peer
 from service.migrations import upgrade
 from service.models import Role, Staff
+from service.signing import pii
 from service.signing.node import init_node
 from service.staff.passwords import set_password
 from service.staff.service import create_staff
@@ -115,8 +116,15 @@ class LocalNode:
     def init(self, *, console_logins: bool = False) -> None:
         """What ``yipanqi init`` and ``staff add`` do, in-process (a CLI start costs a second or two).
 
-        ``console_logins``: also one account of each role with a console password (``logins``)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ``console_logins``: also one account of each role with a console password (``logins``).
+        The node's PII key file is this process's key ring when YIPANQI_PII_KEYS is set (the tests
+        read what the node stores), else a new key."""
+        pii.make_data_dir(self.data_dir)
+        key_file = self.data_dir / "keys" / pii.KEY_FILE
+        if not key_file.exists():
+            shared = os.environ.get("YIPANQI_PII_KEYS")
+            ring = pii.Keyring.parse(shared) if shared else pii.Keyring({1: pii.new_secret()})
+            pii.write_key_file(key_file, ring)
         engine = make_engine(self.database_url)
         try:
             upgrade(engine)
@@ -124,7 +132,11 @@ class LocalNode:
                 key = init_node(session, self.data_dir / "keys", node_id=self.node_id, name=self.name)
                 self.public_key = f"{key.keyid}={key.public_key}"
                 self.token = create_staff(session, username=f"operator-{self.node_id}", role=Role.operator)[1]
-                self.admin_token = create_staff(session, username=f"admin-{self.node_id}", role=Role.admin)[1]
+                # The test network's admin is also 负责人, so one token reaches every staff route;
+                # pure roles (admin handles no case) are in tests/staff/test_role_matrix.py.
+                self.admin_token = create_staff(
+                    session, username=f"admin-{self.node_id}", roles=(Role.admin, Role.supervisor)
+                )[1]
                 if console_logins:
                     for role in (Role.supervisor, Role.auditor):
                         create_staff(session, username=f"{role.value}-{self.node_id}", role=role)
@@ -134,7 +146,7 @@ class LocalNode:
                 assert staff.id is not None
                 password = f"Yp-{secrets.token_urlsafe(9)}-9a"
                 set_password(staff.id, password, must_change=False, now=utcnow(), engine=engine)
-                self.logins[staff.role] = (staff.username, password)
+                self.logins[Role(staff.username.split("-")[0])] = (staff.username, password)
         finally:
             engine.dispose()
 
@@ -181,7 +193,9 @@ class LocalNode:
             return ""
         return lines[-1].strip() if lines else ""
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        # A node is ready in a second or two; the long wait is for a machine loaded by parallel
+        # test workers. A node that exits is reported at once.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -15,19 +15,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service import console
+from service import console, production
 from service.admission import Admission
 from service.births import routes as births
 from service.certificates import routes as certificates
 from service.certificates.peer import ENDPOINTS as CERTIFICATE_ENDPOINTS
 from service.config import Settings, get_settings
+from service.console import people as console_people
 from service.db import get_engine, new_session, read_session
 from service.directory.service import PeerKeys
 from service.errors import (
     PROBLEM_JSON,
+    DatabaseUnavailable,
     DomainError,
     HTTPError,
     InternalError,
@@ -46,13 +49,17 @@ from service.exchange.routes import build_peer_router, envelope_schema_name, pro
 from service.health import metrics
 from service.health import routes as health
 from service.health.metrics import NodeMetrics
+from service.limits import CONSOLE_IMPORT, BodyLimits
 from service.notices import routes as notices
 from service.notifications import routes as notifications
 from service.notifications.peer import ENDPOINTS as NOTIFICATION_ENDPOINTS
 from service.people import routes as people
 from service.scheduler import Heartbeat, build_scheduler
 from service.signing.node import load_signer
+from service.signing.pii_rotation import check_database as check_pii_key
 from service.sla import routes as reports
+from service.staff import idempotency
+from service.staff import routes as staff_accounts
 from service.staff.service import StaffAccounts
 from service.verification import routes as verification
 from service.verification.peer import ENDPOINTS as VERIFICATION_ENDPOINTS
@@ -72,8 +79,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Every admitted request can have a worker thread without waiting (docs/storage.md).
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrent_requests + 8)
+    check_pii_key()  # the PII key is there and decrypts what is stored, or the node does not start
     with read_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
+        production.check_stored_peers(session, settings)  # no http:// peer in production
     hooks = {e.message_type: e.on_receipt for e in PEER_ENDPOINTS if e.on_receipt is not None}
     app.state.relay = Relay(
         settings,
@@ -103,15 +112,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 PEER_PREFIX = "/peer/v1/"
 
 
-def _answer(request: Request, response: Response) -> Response:
+def _answer(request: Request, response: Response, message: str | None = None) -> Response:
     """Every answer under /peer/v1 is signed (docs/protocol.md), unknown paths and methods included;
     the console answers an error with a page in Chinese instead of problem+json."""
     if console.is_console(request):
-        return console.error_page(request, response.status_code, dict(response.headers))
+        return console.error_page(request, response.status_code, dict(response.headers), message)
     signer = getattr(request.app.state, "signer", None)  # None only before the lifespan has run
     if request.url.path.startswith(PEER_PREFIX) and signer is not None:
-        return signed(response, signer)
+        return signed(response, signer, request)
     return response
+
+
+def _refuse_body(request: Request, error: DomainError) -> Response:
+    """A body refused by service/limits.py; a register upload in the console says how large it may be."""
+    message = None
+    if error.status_code == 413 and request.url.path == CONSOLE_IMPORT:
+        message = console_people.too_large_message(request.app.state.settings.people_import_max_bytes)
+    return _answer(request, problem_response(error), message)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -168,12 +185,20 @@ def _domain_problem(request: Request, exc: Exception) -> Response:
     return _answer(request, problem_response(exc))
 
 
-def _internal_problem(request: Request, _exc: Exception) -> Response:
-    """A bug: problem+json without the trace (the server logs it), signed under /peer/v1 like any answer."""
+def _internal_problem(request: Request, exc: Exception) -> Response:
+    """A bug: problem+json without the trace (the server logs it), signed under /peer/v1 like any answer.
+
+    A database that does not answer (an outage, a cut connection, SQLite busy past its timeout) is
+    not a bug of the request: ``503 database_unavailable`` with ``Retry-After``.
+    """
+    if isinstance(exc, DBAPIError) and (isinstance(exc, OperationalError) or exc.connection_invalidated):
+        lost = DatabaseUnavailable("the database did not answer; try again later", retry_after=5)
+        return _answer(request, problem_response(lost))
     return _answer(request, problem_response(InternalError("the node failed to answer; the error is logged")))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
     app = FastAPI(
         title="yipanqi node",
         version="1.0.0",
@@ -181,8 +206,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # _add_docs(): Swagger UI from the package, never a CDN
         redoc_url=None,  # ReDoc's bundle loads its logo from the vendor's CDN: not offered
+        # /docs and /openapi.json only when enabled (by default not in production: service/production.py)
+        openapi_url="/openapi.json" if settings.docs_served else None,
     )
-    app.state.settings = settings = settings or get_settings()
+    app.state.settings = settings
     app.state.metrics = NodeMetrics()
     app.state.peer_keys = PeerKeys(get_engine, settings.directory_refresh_seconds)
     app.state.staff_accounts = StaffAccounts(
@@ -197,10 +224,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(people.router)
     app.include_router(reports.router)
     app.include_router(notices.router)
+    app.include_router(staff_accounts.router)
     app.include_router(health.router)
-    app.include_router(metrics.router)
+    if settings.metrics_served:  # YIPANQI_METRICS_ENABLED (and YIPANQI_METRICS_TOKEN)
+        app.include_router(metrics.router)
     console.install(app)
     app.add_exception_handler(DomainError, _domain_problem)
+    app.add_exception_handler(idempotency.Replay, idempotency.replay_response)  # a retried staff write
     app.add_exception_handler(RequestValidationError, _validation_problem)
     app.add_exception_handler(StarletteHTTPException, _http_problem)
     app.add_exception_handler(Exception, _internal_problem)
@@ -212,8 +242,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wait_seconds=settings.admission_wait_seconds,
         refuse=lambda request, error: _answer(request, problem_response(error)),
     )
+    # Outermost: a body too large or too slow is refused before admission, CSRF and authentication.
+    app.add_middleware(
+        BodyLimits,
+        limit_for=BodyLimits.for_settings(settings),
+        refuse=_refuse_body,
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
-    _add_docs(app)
+    if settings.docs_served:
+        _add_docs(app)
     return app
 
 

@@ -9,9 +9,12 @@ from functools import partial
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from service.config import Settings, get_settings
+from service.directory.signed import directory_job
+from service.evidence.jobs import checkpoint_job, purge_job, seal_job
 from service.exchange.jobs import nonce_sweep_job
 from service.sla.jobs import monthly_report_job, sla_sweep_job
 from service.sla.warnings import early_warning_job
+from service.staff.idempotency import idempotency_sweep_job
 
 
 class Heartbeat:
@@ -63,6 +66,29 @@ def build_scheduler(
     scheduler.add_job(
         nonce_sweep_job, "interval", minutes=5, id="nonce_sweep", max_instances=1, coalesce=True
     )
+    # The evidence log (service/evidence/): seal new messages into the chain, sign its head, and
+    # empty message bodies past YIPANQI_MESSAGE_BODY_RETENTION_DAYS (daily; nothing when unset).
+    scheduler.add_job(
+        seal_job,
+        "interval",
+        seconds=settings.evidence_seal_interval_seconds,
+        id="evidence_seal",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(
+        checkpoint_job,
+        "interval",
+        seconds=settings.evidence_checkpoint_interval_seconds,
+        id="evidence_checkpoint",
+        max_instances=1,
+        coalesce=True,
+    )
+    scheduler.add_job(purge_job, "interval", hours=24, id="evidence_purge", max_instances=1, coalesce=True)
+    # Idempotency-Keys older than idempotency_key_hours are forgotten (service/staff/idempotency.py).
+    scheduler.add_job(
+        idempotency_sweep_job, "interval", minutes=10, id="idempotency_sweep", max_instances=1, coalesce=True
+    )
     # 月报: last month's report on the 1st (Asia/Shanghai); hourly through the 4th in case every
     # replica was down on the 1st. Idempotent: a stored report is left as it is.
     scheduler.add_job(
@@ -76,4 +102,16 @@ def build_scheduler(
         max_instances=1,
         coalesce=True,
     )
+    # The signed directory (service/directory/signed.py): fetched from directory_url when one is
+    # set, and its expiry checked (warnings in the log); the first run at start.
+    if settings.directory_url or settings.directory_authority_keys:
+        scheduler.add_job(
+            partial(directory_job, settings),
+            "interval",
+            seconds=settings.directory_fetch_interval_seconds,
+            next_run_time=datetime.now(UTC),  # real clock, as above
+            id="directory",
+            max_instances=1,
+            coalesce=True,
+        )
     return scheduler

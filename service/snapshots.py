@@ -8,11 +8,13 @@ A ``Snapshot`` holds the whole table as loaded by one short read. It is loaded a
 - when a look-up misses (a key or account added elsewhere), at most once per ``MISS_RELOAD_SECONDS``
   so that a flood of unknown ids costs no more than a few reads a second.
 
-While one thread reloads, the others keep answering from the snapshot they have.
+While one thread reloads, the others keep answering from the snapshot they have; a periodic reload
+that fails (the database is out) keeps the snapshot it has.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -21,12 +23,14 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session
 
 from service.db import read_session
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MISS_RELOAD_SECONDS = 0.2
 _CHANGED = "yipanqi_changed_topics"
@@ -90,8 +94,17 @@ class Snapshot(Generic[T]):
         try:
             generation = _generations[self.topic]
             started = self._monotonic()
-            with read_session(self._engine()) as session:
-                value = self._load(session)
+            try:
+                with read_session(self._engine()) as session:
+                    value = self._load(session)
+            except DBAPIError:
+                if wait or self._value is None:
+                    raise  # a change made here must be seen, or nothing to answer from: 503
+                # A periodic refresh while the database is out: keep answering from what we have
+                # (staff and peers go on being authenticated), and try again a period later.
+                log.warning("%s: reload failed, answering from the snapshot in memory", self.topic)
+                self._loaded_at = started
+                return self._value
             self._value, self._loaded_at, self._generation = value, started, generation
             return value
         finally:

@@ -17,6 +17,10 @@ from service.localnet import LocalNode, build_network, free_port, free_ports  # 
 
 PG_ENV = "YIPANQI_TEST_DATABASE_URL"
 
+# One PII key ring for the test process (service/signing/pii.py): what it reads of a node's database
+# it decrypts with the key that LocalNode.init wrote into the node's keys/pii.key.
+os.environ.setdefault("YIPANQI_PII_KEYS", "v1:" + "dGVzdC1vbmx5LXBpaS1rZXktMzItYnl0ZXMtbG9uZyE")
+
 # Tests never read today's date: the whole session, this process and every node it starts, runs on
 # a clock pinned to YIPANQI_TEST_NOW (an ISO time with its offset) when the session starts, and
 # moving on from there in real time. .ci/run runs the date-sensitive suites under several of them.
@@ -86,7 +90,9 @@ class PostgresServer:
 def postgres() -> Iterator[PostgresServer]:
     url = os.environ.get(PG_ENV)
     if not url:
-        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)")
+        pytest.skip(
+            f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres)"
+        )
     server = PostgresServer(url)
     try:
         with server.engine.connect() as conn:

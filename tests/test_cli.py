@@ -68,8 +68,19 @@ def test_init_refuses_a_bad_node_id(tmp_path: Path) -> None:
 
 def test_peers_add_list_remove(node_dir: Path) -> None:
     key = "411627/k1=Kay64UG8yvCyLhqU000LxzYeUm0L_hLIl5S8kyKWbdc"
-    added = run(node_dir, "peers", "add", "--node-id", "411627", "--name", "太康县",
-                "--url", "http://127.0.0.1:8102", "--key", key)
+    added = run(
+        node_dir,
+        "peers",
+        "add",
+        "--node-id",
+        "411627",
+        "--name",
+        "太康县",
+        "--url",
+        "http://127.0.0.1:8102",
+        "--key",
+        key,
+    )
     assert added.returncode == 0, added.stdout + added.stderr
     listed = run(node_dir, "peers", "list")
     assert "411627" in listed.stdout
@@ -94,8 +105,19 @@ def test_peers_add_list_remove(node_dir: Path) -> None:
     ],
 )
 def test_peers_add_rejects_bad_keys(node_dir: Path, key: str, message: str) -> None:
-    result = run(node_dir, "peers", "add", "--node-id", "411627", "--name", "太康县",
-                 "--url", "http://127.0.0.1:8102", "--key", key)
+    result = run(
+        node_dir,
+        "peers",
+        "add",
+        "--node-id",
+        "411627",
+        "--name",
+        "太康县",
+        "--url",
+        "http://127.0.0.1:8102",
+        "--key",
+        key,
+    )
     assert result.returncode == 2
     assert message in result.stdout
     assert "411627" not in run(node_dir, "peers", "list").stdout
@@ -127,8 +149,19 @@ def assert_one_clear_line(result: subprocess.CompletedProcess[str], *fragments: 
 
 
 def peers_add(data_dir: Path, node_id: str, key: str) -> subprocess.CompletedProcess[str]:
-    return run(data_dir, "peers", "add", "--node-id", node_id, "--name", "太康县",
-               "--url", "http://127.0.0.1:8102", "--key", key)
+    return run(
+        data_dir,
+        "peers",
+        "add",
+        "--node-id",
+        node_id,
+        "--name",
+        "太康县",
+        "--url",
+        "http://127.0.0.1:8102",
+        "--key",
+        key,
+    )
 
 
 def test_serve_in_an_empty_folder_says_to_run_init(tmp_path: Path) -> None:
@@ -238,7 +271,7 @@ def test_serve_workers_runs_several_processes_on_postgres(postgres_network: Netw
                     break
             except httpx.HTTPError:
                 pass
-            assert server.poll() is None, 'serve --workers 2 exited'
+            assert server.poll() is None, "serve --workers 2 exited"
             time.sleep(0.1)  # real clock: waiting for a process
         children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
         assert len(children) >= 2, children  # the workers (and uvicorn's own helper, if any)

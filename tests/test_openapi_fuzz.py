@@ -129,6 +129,9 @@ def seed(host: LocalNode, peer: LocalNode) -> None:
     child = {"birth_date": today.isoformat(), "sex": "F"}
     body = {"person_id": mother["id"], "child": child, "commitment_signed_on": today.isoformat()}
     created(host, "/api/v1/births", body)
+    # Her arrival's 通报 (sent when she was registered here) gives the host standing at her origin.
+    arrivals = "/api/v1/notifications?direction=incoming&kind=arrival"
+    wait_for(lambda: peer.api("GET", arrivals).json()["total"])
     created(host, "/api/v1/certificates/lookup", {k: subject[k] for k in ("id_number", "name")})
     question = {"topic": "marital_status", "subject": subject, "question": "请核实该对象婚育情况。"}
     created(host, "/api/v1/verification-requests", {"recipient": PEER[0], **question})

@@ -52,10 +52,14 @@ def test_the_image_installs_from_the_constraints_with_the_driver() -> None:
 def test_a_postgresql_url_without_the_driver_says_which_extra_to_install(tmp_path: Path) -> None:
     hide_psycopg = "import sys; sys.modules['psycopg'] = None; from service.cli import app; app()"
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIPANQI_")}
-    env |= {"YIPANQI_DATA_DIR": str(tmp_path), "COLUMNS": "200",
-            "YIPANQI_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none"}
-    result = subprocess.run([sys.executable, "-c", hide_psycopg, "migrate"], env=env, capture_output=True,
-                            text=True, check=False)
+    env |= {
+        "YIPANQI_DATA_DIR": str(tmp_path),
+        "COLUMNS": "200",
+        "YIPANQI_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", hide_psycopg, "migrate"], env=env, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "pip install 'yipanqi[postgres]'" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from service.births import service
 from service.births.schemas import BirthPage, BirthRegistrationCreate, BirthRegistrationRead, BirthReview
@@ -12,6 +13,7 @@ from service.exchange.security import SignerDep
 from service.models import BirthRegistrationStatus
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader, Supervisor
+from service.staff.idempotency import IdempotentWriteDep
 from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/births", tags=["生育登记 births"])
@@ -19,14 +21,18 @@ ERRORS = staff_errors(404, 409, 422)
 
 
 @router.post("", status_code=201, response_model=BirthRegistrationRead, responses=ERRORS)
-def register(data: BirthRegistrationCreate, signer: SignerDep, staff: Actor) -> BirthRegistrationRead:
-    """Register a first or second child at once on the signed commitment; the origin is asked to verify."""
-    with transaction() as tx:
+def register(
+    data: BirthRegistrationCreate, signer: SignerDep, staff: Actor, write: IdempotentWriteDep
+) -> Response:
+    """Register a first or second child at once on the signed commitment; the origin is asked to verify.
+
+    With an ``Idempotency-Key`` a retry answers the first answer and registers nothing more."""
+    with write.transaction() as tx:
         registration = service.register_birth(tx, signer, data, staff.username)
         assert registration.id is not None
-        result = service.read(tx, registration)  # what was committed, read before the commit
-    audit(staff, "birth.register", f"birth:{registration.id}")
-    return result
+        write.answer(service.read(tx, registration))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "birth.register", f"birth:{registration.id}")
+    return write.response
 
 
 @router.get("", response_model=BirthPage, responses=ERRORS)

@@ -40,8 +40,10 @@ from service.config import Settings
 from service.db import transaction
 from service.directory.service import get_peer
 from service.errors import InvalidState, NotFound, ValidationFailed
+from service.evidence.record import bound_request, record_sent
 from service.exchange.client import PeerAnswer, PeerUnavailable, query_peer
 from service.models import CertificateCheck, Child, Person, Priority, Sex, Topic, VerificationCase
+from service.signing import pii
 from service.signing.node import NodeSigner
 from service.subjects import Subject
 from service.verification.schemas import VerificationRequestCreate
@@ -57,7 +59,10 @@ LABELS = {
 
 def register_person(session: Session, id_number: str) -> Person | None:
     return session.exec(
-        select(Person).where(Person.id_number == id_number, Person.merged_into == None)  # noqa: E711
+        select(Person).where(
+            Person.id_number_index == pii.blind_index(id_number, pii.ID_NUMBER),
+            Person.merged_into == None,  # noqa: E711
+        )
     ).first()
 
 
@@ -114,6 +119,7 @@ def lookup(
     with transaction(session) as tx:
         tx.add(check)
         tx.flush()
+        record_sent(tx, check.message_id, bound_request(answer.signature))  # for the evidence log
         if _suggested(check) and settings.certificate_discrepancy_auto_send:
             send_discrepancy(tx, signer, check, staff)
     return LookupResult(
@@ -273,7 +279,8 @@ def check_result(session: Session, check_id: int) -> LookupResult:
         check_id=_id(check),
         origin_node=check.origin_node,
         found=check.found,
-        certificate=json.loads(body).get("certificate") if check.found else None,
+        # An answer emptied past its retention (service/evidence/) shows no certificate any more.
+        certificate=json.loads(body).get("certificate") if check.found and body else None,
         discrepancies=[Discrepancy(**d) for d in json.loads(check.discrepancy or "[]")],
         discrepancy_request=DiscrepancyRequest(
             suggested=_suggested(check), case_id=check.discrepancy_case_id
@@ -294,7 +301,7 @@ def list_checks(session: Session, *, person_id: int | None, page: int, page_size
         if person is None:
             raise NotFound(f"no person {person_id} in the register")
         # By number: checks made before the record existed count for the person too.
-        query = query.where(CertificateCheck.id_number == person.id_number)
+        query = query.where(CertificateCheck.id_number_index == person.id_number_index)
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(
         query.order_by(col(CertificateCheck.checked_at).desc(), col(CertificateCheck.id).desc())

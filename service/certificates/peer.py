@@ -12,25 +12,55 @@ service            the above + contraception, children — the host's 计生 ser
 birth_registration the above + marriage_date, children — 生育登记 needs marriage and birth order
 ================== ===========================================================================
 
+Least disclosure (docs/protocol.md, "Standing"): a look-up is answered only when the asking node has
+standing for the person and purpose — the register gives it as her host (``host_node``), or its
+latest 流入/流出通报 about her number is an arrival, or (residence_check only) an open 协查 with it is
+about her. Any other look-up is refused with a signed ``403 no_standing``, the same answer whether
+the number is in the register or not (a refusal never tells a stranger that she exists). Under the
+policy ``lookup_standing=any_trusted`` it is answered instead, and flagged to the staff (a
+``flagged_lookup`` notice about her). Each peer's look-ups are also limited in rate and number at
+once (``service.certificates.throttle``), before any of this.
+
 The name must match the holder's (whitespace and full-width forms aside): a caller that does not
 know the name learns nothing, not even that the number holds a certificate (``found: false``).
-Every lookup is logged in ``lookup_log``: who asked (node and key), when, for what, found or not,
-the masked number, and the person when found.
+Every lookup answered or refused is recorded in ``lookup_log``: who asked (node and key), when, for
+what, with what standing, refused or found, the masked number, and the person (by id) whenever the
+number is in the register — her page lists who looked her up. Logs carry the person's id only.
 """
 
 from __future__ import annotations
 
 import logging
 import unicodedata
+from contextlib import AbstractContextManager
+from datetime import datetime
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
+from starlette.requests import Request
 
 from service import idnumbers
 from service.certificates.schemas import CertificateDoc, LookupAnswer, LookupPayload
 from service.certificates.service import document, ensure_certificate
-from service.errors import Conflict
+from service.certificates.throttle import peer_limits
+from service.config import get_settings
+from service.errors import Conflict, DomainError
 from service.exchange.inbox import InboundMessage, PeerEndpoint
-from service.models import LookupLog, LookupPurpose, Person
+from service.models import (
+    CaseStatus,
+    Direction,
+    ItemType,
+    LookupLog,
+    LookupPurpose,
+    LookupStanding,
+    NoticeKind,
+    Notification,
+    NotificationKind,
+    Person,
+    Role,
+    StaffNotice,
+    VerificationCase,
+)
+from service.signing import pii
 
 LOOKUP = "certificate.lookup"
 PATH = "/certificate-lookups"
@@ -58,46 +88,146 @@ def same_name(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> LookupAnswer:
+class NoStanding(DomainError):
+    status_code = 403
+    code = "no_standing"
+    title = "No standing for this look-up"
+
+
+# One text for every refusal: it says nothing of the person, not even whether she is registered.
+REFUSAL = (
+    "this node answers a certificate look-up only from a node with standing for the person and "
+    "purpose: her registered host, a node that notified her arrival, or one in an open 协查 about "
+    "her (docs/protocol.md, Standing)"
+)
+
+
+def standing(
+    session: Session, asker: str, id_number: str, person: Person | None, purpose: LookupPurpose
+) -> LookupStanding:
+    """The asking node's standing for this number and purpose (docs/protocol.md, "Standing").
+
+    Decided by the number, so that a node that notified the arrival of a woman this register does
+    not hold learns that (``found: false``), and a node without standing learns nothing either way.
+    """
+    if person is not None and person.host_node == asker:
+        return LookupStanding.host
+    # Its latest 流入/流出通报 about her: an arrival (not followed by its departure) gives standing.
+    latest = session.exec(
+        select(Notification.kind)
+        .where(
+            Notification.direction == Direction.incoming,
+            Notification.peer == asker,
+            Notification.subject_id_number_index == pii.blind_index(id_number, pii.ID_NUMBER),
+            col(Notification.kind).in_((NotificationKind.arrival, NotificationKind.departure)),
+        )
+        .order_by(col(Notification.occurred_on).desc(), col(Notification.id).desc())
+    ).first()
+    if latest == NotificationKind.arrival:
+        return LookupStanding.arrival
+    if purpose == LookupPurpose.residence_check:  # a 协查 carries what else it needs itself
+        case = session.exec(
+            select(VerificationCase.id).where(
+                VerificationCase.peer == asker,
+                VerificationCase.subject_id_number_index == pii.blind_index(id_number, pii.ID_NUMBER),
+                VerificationCase.status != CaseStatus.answered,
+            )
+        ).first()
+        if case is not None:
+            return LookupStanding.case
+    return LookupStanding.none
+
+
+def flag(session: Session, person_id: int, now: datetime) -> None:
+    """Tell the supervisors (a flagged_lookup notice about her; an old one is raised again, unread)."""
+    notice = session.exec(
+        select(StaffNotice).where(
+            StaffNotice.kind == NoticeKind.flagged_lookup,
+            StaffNotice.item_type == ItemType.person,
+            StaffNotice.item_id == person_id,
+        )
+    ).first()
+    if notice is None:
+        notice = StaffNotice(
+            kind=NoticeKind.flagged_lookup,
+            item_type=ItemType.person,
+            item_id=person_id,
+            role=Role.supervisor,
+            due_at=now,
+            created_at=now,
+        )
+    else:
+        notice.created_at, notice.due_at, notice.read_at, notice.read_by = now, now, None, None
+    session.add(notice)
+
+
+def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> LookupAnswer | DomainError:
+    """The answer, or the refusal (returned, not raised: it is recorded in the same transaction)."""
     envelope, payload = inbound.envelope, inbound.envelope.payload
     message_id = str(envelope.message_id)
     if session.exec(select(LookupLog).where(LookupLog.message_id == message_id)).first() is not None:
         raise Conflict("this message_id was already answered")
     person = session.exec(
         select(Person).where(
-            Person.id_number == payload.id_number,
+            Person.id_number_index == pii.blind_index(payload.id_number, pii.ID_NUMBER),
             Person.origin_node == envelope.recipient,
             Person.merged_into == None,  # noqa: E711 (SQL IS NULL)
         )
     ).first()
+    has = standing(session, envelope.sender, payload.id_number, person, payload.purpose)
+    without = has == LookupStanding.none
+    refused = without and get_settings().lookup_standing == "standing"
+    flagged = without and not refused and person is not None
     result = LookupAnswer(found=False)
-    if person is not None and same_name(person.name, payload.name):
+    if not refused and person is not None and same_name(person.name, payload.name):
         # Being in the register is holding the certificate: issue it now if nobody has yet.
         certificate = ensure_certificate(session, person, None)
         if certificate is not None:
             doc = disclose(document(session, certificate, person), payload.purpose)
             result = LookupAnswer(found=True, certificate=doc)
+    person_id = person.id if person is not None else None
     session.add(
         LookupLog(
             message_id=message_id,
             requester=envelope.sender,
             keyid=inbound.keyid,
             purpose=payload.purpose,
-            person_id=person.id if result.found and person is not None else None,
+            person_id=person_id,
             id_number_masked=idnumbers.mask(payload.id_number),
             found=result.found,
             looked_up_at=inbound.received_at,
+            standing=has,
+            refused=refused,
+            flagged=flagged,
         )
     )
+    if flagged and person_id is not None:
+        flag(session, person_id, inbound.received_at)
     session.flush()
-    log.info(
-        "certificate lookup requester=%s purpose=%s found=%s id_number=%s",
+    # The person's id only (never her number): whether she exists stays between the origin's staff.
+    if refused:
+        log.warning(
+            "certificate lookup refused requester=%s purpose=%s standing=none person=%s",
+            envelope.sender,
+            payload.purpose.value,
+            person_id if person_id is not None else "-",
+        )
+        return NoStanding(REFUSAL)
+    (log.warning if flagged else log.info)(
+        "certificate lookup requester=%s purpose=%s standing=%s found=%s flagged=%s person=%s",
         envelope.sender,
         payload.purpose.value,
+        has.value,
         result.found,
-        idnumbers.mask(payload.id_number),
+        flagged,
+        person_id if person_id is not None else "-",
     )
     return result
+
+
+def admit(request: Request, peer: str) -> AbstractContextManager[None]:
+    """The peer's place among its look-ups in flight, within its rate (429 when there is none)."""
+    return peer_limits(request).admit(peer)
 
 
 ENDPOINTS = (
@@ -106,6 +236,7 @@ ENDPOINTS = (
         message_type=LOOKUP,
         payload=LookupPayload,
         answer=answer_lookup,
+        admit=admit,
         response_model=LookupAnswer,
         summary="婚育证明查验: look a certificate up (answered at once, signed)",
     ),

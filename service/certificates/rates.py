@@ -96,9 +96,6 @@ def _end_of(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=SHANGHAI).astimezone(UTC) + timedelta(days=1)
 
 
-
-
-
 def _years_before(day: date, years: int) -> date:
     try:
         return day.replace(year=day.year - years)
@@ -117,7 +114,7 @@ def node_check_rate(session: Session, year: int, through: date | None = None) ->
     denominator = session.exec(select(func.count()).select_from(Person).where(scope)).one()
     checked = (
         select(col(Person.id))
-        .join(CertificateCheck, col(CertificateCheck.id_number) == col(Person.id_number))
+        .join(CertificateCheck, col(CertificateCheck.id_number_index) == col(Person.id_number_index))
         .where(
             scope,
             _after_arrival(),
@@ -143,13 +140,13 @@ def person_check_status(session: Session, person_id: int, year: int) -> PersonCh
     start, end = year_bounds(year)
     checks = (
         select(func.min(col(CertificateCheck.checked_at)))
-        .join(Person, col(CertificateCheck.id_number) == col(Person.id_number))
+        .join(Person, col(CertificateCheck.id_number_index) == col(Person.id_number_index))
         .where(Person.id == person_id, _after_arrival())
     )
     first = session.exec(checks).one()
     in_year = session.exec(
         select(func.count(col(CertificateCheck.id)))
-        .join(Person, col(CertificateCheck.id_number) == col(Person.id_number))
+        .join(Person, col(CertificateCheck.id_number_index) == col(Person.id_number_index))
         .where(
             Person.id == person_id,
             _after_arrival(),

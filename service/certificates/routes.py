@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from service.certificates import lookups, rates, service
 from service.certificates.schemas import (
@@ -25,6 +26,7 @@ from service.exchange.security import SettingsDep, SignerDep
 from service.models import CertificateCheck
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
+from service.staff.idempotency import IdempotentWriteDep
 from service.staff.service import audit
 
 router = APIRouter(prefix="/api/v1/certificates", tags=["婚育证明 certificates"])
@@ -35,14 +37,16 @@ _errors = staff_errors
 
 
 @router.post("", status_code=201, response_model=CertificateRead, responses=_errors(404, 409, 422))
-def issue(data: CertificateIssue, staff: Actor) -> CertificateRead:
-    """Issue the certificate of a woman 18–49 in this node's own register (origin side)."""
-    with transaction() as tx:
+def issue(data: CertificateIssue, staff: Actor, write: IdempotentWriteDep) -> Response:
+    """Issue the certificate of a woman 18–49 in this node's own register (origin side).
+
+    With an ``Idempotency-Key`` a retry answers the first answer and issues nothing more."""
+    with write.transaction() as tx:
         certificate = service.issue(tx, data.person_id, staff.username)
         assert certificate.id is not None
-        result = service.read(tx, certificate.id)  # what was committed, read before the commit
-    audit(staff, "certificate.issue", f"certificate:{certificate.id}")
-    return result
+        write.answer(service.read(tx, certificate.id))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "certificate.issue", f"certificate:{certificate.id}")
+    return write.response
 
 
 @router.post("/lookup", response_model=LookupResult, responses=_errors(422, 502))
@@ -73,14 +77,19 @@ def list_checks(
     response_model=CheckSummary,
     responses=_errors(404, 409, 422),
 )
-def discrepancy_request(check_id: DbId, signer: SignerDep, staff: Actor) -> CheckSummary:
-    """Send the origin the certificate_discrepancy 协查 this check suggested (7-day deadline)."""
-    with transaction() as tx:
+def discrepancy_request(
+    check_id: DbId, signer: SignerDep, staff: Actor, write: IdempotentWriteDep
+) -> Response:
+    """Send the origin the certificate_discrepancy 协查 this check suggested (7-day deadline).
+
+    With an ``Idempotency-Key`` a retry answers the first answer (not 409) and sends nothing more."""
+    with write.transaction() as tx:
         lookups.send_discrepancy(tx, signer, check_id, staff.username)
         check = tx.get(CertificateCheck, check_id)
         assert check is not None
-    audit(staff, "certificate.discrepancy_request", f"check:{check_id}")
-    return lookups.summary(check)
+        write.answer(lookups.summary(check))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "certificate.discrepancy_request", f"check:{check_id}")
+    return write.response
 
 
 @router.get("/check-rate", response_model=CheckRate, responses=_errors(422))

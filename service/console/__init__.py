@@ -34,6 +34,7 @@ ERRORS = {
     403: ("无权访问", "您的角色无权打开此页面或执行此操作。"),
     404: ("页面不存在", "您要找的页面不存在，或记录已不存在。"),
     405: ("请求有误", "此页面不接受这种请求。"),
+    408: ("提交超时", "提交的内容未能在规定时间内传完，请检查网络后重试。"),
     409: ("操作冲突", "该事项已被他人或在其他标签页中处理，请刷新后查看最新状态。"),
     413: ("内容过大", "提交的内容超过了允许的大小。"),
     422: ("填写有误", "提交的内容未通过校验，请检查后重试。"),
@@ -60,10 +61,13 @@ def _signed_in(request: Request) -> ConsoleUser | None:
         return None
 
 
-def error_page(request: Request, status: int, headers: dict[str, str] | None = None) -> Response:
+def error_page(
+    request: Request, status: int, headers: dict[str, str] | None = None, message: str | None = None
+) -> Response:
     """The console's answer for an error the API would answer with problem+json (with the menu
-    of whoever is signed in, so they can go on from it)."""
-    title, message = ERRORS.get(status, _UNEXPECTED)
+    of whoever is signed in, so they can go on from it); ``message`` in place of the status's own."""
+    title, default = ERRORS.get(status, _UNEXPECTED)
+    message = message or default
     user = _signed_in(request) if status < 500 else None
     context = {"title": title, "message": message}
     response = render(request, "error.html", context, user=user, status_code=status)

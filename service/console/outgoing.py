@@ -323,7 +323,7 @@ def outgoing_list(request: Request, user: Reader) -> HTMLResponse:
             "error": error,
             "DELIVERY_NAMES": DELIVERY_NAMES,
             "TYPE_NAMES": TYPE_NAMES,
-            "can_requeue": user.role == Role.admin,
+            "can_requeue": Role.admin in user.roles,
             "can_chase": user.role in ACTORS,
         },
         user=user,

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service import idnumbers, names
-from service.certificates import lookups
+from service.certificates import disclosures, lookups
 from service.certificates import service as certificates
 from service.certificates.schemas import LookupCreate
 from service.clock import utcnow
@@ -47,12 +47,14 @@ from service.console.auth import (
 )
 from service.console.templating import add_nav, local_time, render
 from service.db import SessionDep, read_session, transaction
+from service.directory.service import peer_names as directory_peer_names
 from service.errors import DomainError, InvalidState, NotFound, ValidationFailed
 from service.exchange.client import PeerUnavailable
 from service.models import (
     CertificateCheck,
     Direction,
     LookupPurpose,
+    LookupStanding,
     NotificationStatus,
     Sex,
 )
@@ -60,6 +62,7 @@ from service.people import importer
 from service.people import service as people
 from service.people.schemas import ImportReport
 from service.signing.node import NodeSigner
+from service.staff.idempotency import after_commit
 from service.staff.service import audit as staff_audit
 from service.subjects import plain_text
 
@@ -84,6 +87,12 @@ NOTIFICATION_STATUS = {
 }  # fmt: skip
 DIRECTIONS = {Direction.outgoing: "发出", Direction.incoming: "收到"}
 DISCREPANCY_FIELDS = {**lookups.LABELS}
+STANDINGS = {  # why the origin answered a look-up (docs/protocol.md, "Standing")
+    LookupStanding.host: "登记的现居住地",
+    LookupStanding.arrival: "已发流入通报",
+    LookupStanding.case: "协查办理中",
+    LookupStanding.none: "无查验资格",
+}
 VALUE_LABELS: dict[str, str] = {str(k): v for k, v in (*MARITAL.items(), *CONTRACEPTION.items())}
 
 
@@ -212,11 +221,17 @@ def _person_page(
         )
         checks = lookups.list_checks(session, person_id=person_id, page=1, page_size=50)
         notices = people.notifications_of(session, person_id)
+        looked_up, looked_up_total = disclosures.lookups_of(session, person_id)  # origin side
+        nodes = directory_peer_names(session) if looked_up else {}
     here = _signer(request).node_id
     ctx = {
         "person": person,
         "certificate": certificate_read,
         "checks": checks,
+        "looked_up": looked_up,
+        "looked_up_total": looked_up_total,
+        "NODES": nodes,
+        "STANDINGS": STANDINGS,
         "notifications": notices,
         "here": here,
         "can_act": can_act(user),
@@ -249,6 +264,13 @@ def reveal(request: Request, person_id: int, user: Actor, reason: FormText = "")
 
 
 def _lookup_error(exc: DomainError) -> str:
+    if isinstance(exc, PeerUnavailable) and "(no_standing)" in exc.detail:
+        return (
+            "户籍地拒绝查验：本县对此人没有查验资格。户籍地只答复登记为其现居住地的县、已向其发出流入通报的县，"
+            "或与其有在办协查的县（仅居住地查验）。请先在本县登记此人并发出流入通报，户籍地收到后再查验。"
+        )
+    if isinstance(exc, PeerUnavailable) and "(rate_limited)" in exc.detail:
+        return "本县向该户籍地的查验过于频繁，户籍地暂不受理，请稍后再试。"
     if isinstance(exc, PeerUnavailable):
         return "户籍地节点未能给出有效的签名答复（可能暂时无法连接），本次查验未记录，请稍后再试。"
     detail = exc.detail
@@ -348,7 +370,7 @@ def send_discrepancy(request: Request, check_id: int, user: Actor) -> Response:
     except InvalidState:
         error = "此次查验的协查请求已经发出过（或答复与本地登记一致，无需协查），未重复发送。"
         return _check_page(request, user, check_id, status_code=409, discrepancy_error=error)
-    staff_audit(user.staff, "certificate.discrepancy_request", f"check:{check_id}")
+    after_commit(staff_audit, user.staff, "certificate.discrepancy_request", f"check:{check_id}")
     return see_other(f"{PREFIX}/people/checks/{check_id}?sent=1")
 
 
@@ -460,7 +482,7 @@ def file_refused_text(exc: DomainError) -> list[str]:
     }
     errors = exc.extra.get("errors") or []
     if errors:
-        return [f"列“{field_text(e['field'])}”{reasons.get(e['reason'], e['reason'])}" for e in errors]
+        return [f"{_column_text(e['field'])}{reasons.get(e['reason'], e['reason'])}" for e in errors]
     detail = exc.detail
     if "looks like data" in detail:
         return ["第一行必须是表头（列名），当前第一行像是数据。"]
@@ -469,6 +491,12 @@ def file_refused_text(exc: DomainError) -> list[str]:
     if "XLSX" in detail and "workbook" in detail:
         return ["不是可读取的 XLSX 工作簿，请用 Excel 另存为 .xlsx 或 CSV 后重试。"]
     return ["无法读取文件：请使用 UTF-8 或 GBK 编码的 CSV 文件，或 XLSX 文件。"]
+
+
+def _column_text(field: str) -> str:
+    """An unknown column is named by its place ("column 2": never what its cell says)."""
+    place = re.fullmatch(r"column (\d+)", field)
+    return f"第 {place.group(1)} 列" if place else f"列“{field_text(field)}”"
 
 
 def _megabytes(size: int) -> str:
@@ -489,9 +517,13 @@ def _import_form(
     return render(request, "people/import.html", ctx, user=user, status_code=status_code)
 
 
+def too_large_message(limit: int) -> str:
+    """Also the page service/limits.py answers with, for an upload refused before it is read."""
+    return f"文件超过允许的大小（最大 {_megabytes(limit)}），未导入。请把名单拆成几个较小的文件分批导入。"
+
+
 def _too_large(request: Request, user: ConsoleUser) -> HTMLResponse:
-    limit = _settings(request).people_import_max_bytes
-    error = f"文件超过允许的大小（最大 {_megabytes(limit)}），未导入。请把名单拆成几个较小的文件分批导入。"
+    error = too_large_message(_settings(request).people_import_max_bytes)
     return _import_form(request, user, status_code=413, errors=[error])
 
 
@@ -504,7 +536,7 @@ def _import(
     signer: NodeSigner, settings: Settings, content: bytes, staff: str, dry_run: bool
 ) -> ImportReport:
     """Parse (outside any transaction), then store chunk by chunk: the staff API's importer."""
-    table = importer.read_table(content)
+    table = importer.read_table(content, importer.ImportLimits.of(settings))
     return importer.import_people(
         signer, table, staff, dry_run=dry_run, batch_size=settings.people_import_batch_size
     )

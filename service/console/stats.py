@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from service.clock import utcnow
 from service.config import Settings
-from service.console.auth import PREFIX, Actor, ConsoleUser, Reader, audit, source
+from service.console.auth import PREFIX, READERS, Actor, ConsoleUser, Reader, audit, source
 from service.console.charts import Bar, bar_chart, trend_chart
 from service.console.templating import add_nav, render
 from service.db import SessionDep, transaction
@@ -37,17 +37,23 @@ from service.sla.schemas import DIMENSION_NAMES, DIRECTION_NAMES, METRIC_NAMES, 
 from service.sla.warnings import prediction_quality
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-add_nav(40, "统计", f"{PREFIX}/stats", "反馈率、处理率等指标与目标对比，月报下载", tuple(Role))
+add_nav(40, "统计", f"{PREFIX}/stats", "反馈率、处理率等指标与目标对比，月报下载", READERS)
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 CHARTED: tuple[tuple[str, str], ...] = (*HEADLINES, ("check_rate", "node"))
 BREAKDOWNS = ("peer", "topic", "priority", "kind")
-NOTICE_NAMES = {NoticeKind.reminder: "到期提醒", NoticeKind.overdue: "已超期", NoticeKind.escalation: "督办"}
+NOTICE_NAMES = {
+    NoticeKind.reminder: "到期提醒",
+    NoticeKind.overdue: "已超期",
+    NoticeKind.escalation: "督办",
+    NoticeKind.flagged_lookup: "无依据查验提示",  # a look-up without standing, answered (any_trusted)
+}
 ITEM_LINKS = {
     ItemType.verification: f"{PREFIX}/cases/{{id}}",
     ItemType.notification: f"{PREFIX}/notifications/{{id}}",
+    ItemType.person: f"{PREFIX}/people/{{id}}",
 }
-ITEM_NAMES = {ItemType.verification: "协查", ItemType.notification: "通报"}
+ITEM_NAMES = {ItemType.verification: "协查", ItemType.notification: "通报", ItemType.person: "人员"}
 MonthPath = Annotated[str, Path(max_length=20)]
 
 
@@ -137,7 +143,7 @@ def _notices(session: Session, user: ConsoleUser, show_read: bool) -> tuple[list
         {
             "id": n.id,
             "kind": NOTICE_NAMES[n.kind],
-            "overdue": n.kind != NoticeKind.reminder,
+            "overdue": n.kind in (NoticeKind.overdue, NoticeKind.escalation),
             "item": f"{ITEM_NAMES[n.item_type]} {n.item_id}",
             "href": ITEM_LINKS[n.item_type].format(id=n.item_id),
             "due_at": n.due_at,

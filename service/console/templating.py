@@ -53,7 +53,7 @@ def add_nav(order: int, label: str, href: str, hint: str, roles: tuple[Role, ...
 
 
 def nav(user: ConsoleUser | None) -> list[NavItem]:
-    return [item for item in NAV if user is not None and user.role in item.roles]
+    return [item for item in NAV if user is not None and not user.roles.isdisjoint(item.roles)]
 
 
 _env = Environment(

@@ -12,16 +12,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from service.clock import utcnow
-from service.console.auth import PREFIX, Reader
+from service.console.auth import PREFIX, READERS, Reader
 from service.console.templating import add_nav, render
 from service.db import SessionDep
-from service.models import Direction, ItemType, Role
+from service.models import Direction, ItemType
 from service.sla.deadlines import SHANGHAI
 from service.sla.report import previous_month
 from service.sla.warnings import DIRECTION_NAMES, Forecast, fmt_days, forecast, prediction_quality, raised
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
-add_nav(50, "预警", f"{PREFIX}/warnings", "可能逾期的待办与催办事项，提前几天提示", tuple(Role))
+add_nav(50, "预警", f"{PREFIX}/warnings", "可能逾期的待办与催办事项，提前几天提示", READERS)
 
 LINKS = {
     ItemType.verification: f"{PREFIX}/cases/{{id}}",

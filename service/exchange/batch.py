@@ -48,7 +48,13 @@ from service.exchange.inbox import (
     load_json,
     validate_envelope,
 )
-from service.signing.http import VerifiedSignature, content_digest, sign_response, verify_response
+from service.signing.http import (
+    RequestBinding,
+    VerifiedSignature,
+    content_digest,
+    sign_response,
+    verify_response,
+)
 
 PATH = "/batch"  # below /peer/v1
 CAPABILITY = "batch"  # in GET /peer/v1/node "capabilities"
@@ -199,12 +205,24 @@ def content_type_of(status: int) -> str:
 
 
 def sign_item(
-    status: int, body: bytes, *, key: Ed25519PrivateKey, keyid: str, created: datetime
+    status: int,
+    body: bytes,
+    *,
+    key: Ed25519PrivateKey,
+    keyid: str,
+    created: datetime,
+    request: RequestBinding | None = None,
 ) -> tuple[str, str]:
     """(Signature-Input, Signature) of a response ``status`` with ``body``: what ``sign_response``
-    writes for it as a whole response."""
+    writes for it as a whole response; bound, like the batch's answer, to the batch request."""
     headers = sign_response(
-        status=status, body=body, key=key, keyid=keyid, created=created, content_type=content_type_of(status)
+        status=status,
+        body=body,
+        key=key,
+        keyid=keyid,
+        created=created,
+        content_type=content_type_of(status),
+        request=request,
     )
     return headers["Signature-Input"], headers["Signature"]
 
@@ -219,8 +237,10 @@ def verify_item(
     expected_node: str,
     now: datetime,
     skew_seconds: int,
+    request: RequestBinding | None = None,
 ) -> VerifiedSignature:
-    """Check one item's answer as ``verify_response`` checks a whole response (the same DomainErrors)."""
+    """Check one item's answer as ``verify_response`` checks a whole response (the same DomainErrors);
+    ``request``: the batch request it must be bound to (the sender always gives it)."""
     return verify_response(
         status=status,
         headers=[
@@ -234,6 +254,7 @@ def verify_item(
         expected_node=expected_node,
         now=now,
         skew_seconds=skew_seconds,
+        request=request,
     )
 
 
@@ -366,13 +387,19 @@ def answer_of(
 
 
 def response_body(
-    answers: Sequence[Answer], *, key: Ed25519PrivateKey, keyid: str, created: datetime
+    answers: Sequence[Answer],
+    *,
+    key: Ed25519PrivateKey,
+    keyid: str,
+    created: datetime,
+    request: RequestBinding | None = None,
 ) -> bytes:
-    """The batch's 200 body: every answer signed on its own (after the commit: nothing slow before)."""
+    """The batch's 200 body: every answer signed on its own (after the commit: nothing slow before),
+    each bound to the batch ``request``."""
     results = []
     for answer in answers:
         signature_input, signature = sign_item(
-            answer.status, answer.body, key=key, keyid=keyid, created=created
+            answer.status, answer.body, key=key, keyid=keyid, created=created, request=request
         )
         results.append(
             {

@@ -21,9 +21,9 @@ from sqlmodel import Session
 from service.clock import utcnow
 from service.config import Settings
 from service.directory.service import get_peer, resolve_key
-from service.errors import DomainError, ValidationFailed
+from service.errors import DomainError, SignatureMissing, ValidationFailed
 from service.exchange.envelope import envelope_body
-from service.signing.http import VerifiedSignature, sign_request, verify_response
+from service.signing.http import RequestBinding, VerifiedSignature, sign_request, verify_response
 from service.signing.node import NodeSigner
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,39 @@ def post_signed(
 async def apost_signed(
     client: httpx.AsyncClient, settings: Settings, signer: NodeSigner, *, url: str, path: str, body: bytes
 ) -> httpx.Response:
-    """``post_signed`` for the relay's loop: cancelling it (a deadline) closes the connection."""
-    return await client.post(url, content=body, headers=_signed_headers(settings, signer, path, body))
+    """``post_signed`` for the relay's loop: cancelling it (a deadline) closes the connection.
+    The answer is read up to ``peer_max_response_bytes`` (``read_bounded``)."""
+    request = client.build_request(
+        "POST", url, content=body, headers=_signed_headers(settings, signer, path, body)
+    )
+    return await read_bounded(client, request, settings.peer_max_response_bytes)
+
+
+class AnswerTooLarge(httpx.HTTPError):
+    """A peer's answer longer than ``peer_max_response_bytes``: cut off unread, never verified."""
+
+
+async def read_bounded(client: httpx.AsyncClient, request: httpx.Request, max_bytes: int) -> httpx.Response:
+    """Send ``request`` and read its answer, at most ``max_bytes`` of it (decoded: a compressed
+    answer counts as it unpacks), before anyone checks its signature; longer raises
+    ``AnswerTooLarge`` as soon as the limit is passed. The caller bounds the time (a deadline
+    around the call): httpx's timeouts are per read, and a peer may drip its answer."""
+    response = await client.send(request, stream=True)
+    chunks: list[bytes] = []
+    try:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise AnswerTooLarge(f"the answer is larger than {max_bytes} bytes (Content-Length)")
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise AnswerTooLarge(f"the answer is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    response._content = b"".join(chunks)  # what response.read() would have set
+    return response
 
 
 class PeerClient(httpx.AsyncClient):
@@ -174,6 +205,9 @@ class _Advertised:
     until: datetime  # read it again after this
 
 
+CAPABILITIES_MAX_BYTES = 64 * 1024  # GET /peer/v1/node: a few keys and limits
+
+
 class PeerCapabilities:
     """What each peer's ``GET /peer/v1/node`` advertises (docs/protocol.md section 18), as this
     replica last read it: kept ``ttl``, and an answer that could not be read (the peer down, no
@@ -219,7 +253,8 @@ class PeerCapabilities:
     ) -> BatchLimits | None:
         """Read ``GET <base_url>/peer/v1/node`` and keep what it says; the batch limits or None."""
         try:
-            response = await client.get(peer_url(base_url, "/node"), timeout=timeout)
+            request = client.build_request("GET", peer_url(base_url, "/node"), timeout=timeout)
+            response = await read_bounded(client, request, CAPABILITIES_MAX_BYTES)
             limits = self._limits(peer, response.json()) if response.status_code == 200 else None
             ttl = self.ttl if response.status_code == 200 else self.retry
         except (httpx.HTTPError, ValueError) as exc:
@@ -246,7 +281,9 @@ KeyResolver = Callable[[str, datetime], Ed25519PublicKey | None]
 def verify_answer(
     keys: KeyResolver, settings: Settings, response: httpx.Response, peer_node: str
 ) -> VerifiedSignature:
-    """The peer's signature on its response (raises a DomainError if it is missing or wrong).
+    """The peer's signature on its response (raises a DomainError if it is missing or wrong), and
+    bound to the request this call sent (docs/protocol.md section 6.1): a signed answer to any other
+    request, a replay, is refused.
 
     ``keys`` finds a peer's public key valid at a time: ``PeerKeys.resolve``, or a read."""
     now = utcnow()
@@ -258,7 +295,21 @@ def verify_answer(
         expected_node=peer_node,
         now=now,
         skew_seconds=settings.clock_skew_seconds,
+        request=sent_binding(response),
     )
+
+
+def sent_binding(response: httpx.Response) -> RequestBinding:
+    """What an answer to the request that ``response`` answers must be bound to: that request's
+    path, Content-Digest and signature, as this node sent them."""
+    try:
+        sent = response.request
+    except RuntimeError:  # a response made without a request: nothing it could be bound to
+        raise SignatureMissing("no request to bind the answer to") from None
+    binding = RequestBinding.of_request(sent.url.raw_path.decode("ascii"), sent.headers.multi_items())
+    if binding is None:  # every request this node sends is signed (post_signed)
+        raise SignatureMissing("the request this answers was not signed: nothing to bind it to")
+    return binding
 
 
 @dataclass(frozen=True)
@@ -278,7 +329,7 @@ def query_peer(
     path: str,
     message_type: str,
     payload: BaseModel,
-    client: httpx.Client | None = None,
+    client: Callable[[], httpx.AsyncClient] | None = None,
 ) -> PeerAnswer:
     """A synchronous signed call: the answer comes back in the response, signed by the peer.
 
@@ -302,18 +353,45 @@ def query_peer(
         correlation_id=None,
         payload=payload,
     )
-    http = client or httpx.Client(timeout=settings.peer_timeout_seconds)
+    seconds = settings.peer_call_deadline_seconds
     try:
-        response = post_signed(http, settings, signer, url=peer_url(base, path), path=path, body=body)
+        response = asyncio.run(_call(settings, signer, peer_url(base, path), path, body, client))
+    except TimeoutError as exc:
+        raise PeerUnavailable(f"node {recipient} gave no complete answer within {seconds:g} s") from exc
     except httpx.HTTPError as exc:
         raise PeerUnavailable(f"node {recipient} could not be reached: {type(exc).__name__}") from exc
-    finally:
-        if client is None:
-            http.close()
     try:
         signature = verify_answer(lambda k, at: resolve_key(session, k, at), settings, response, recipient)
     except DomainError as exc:
         raise PeerUnavailable(f"node {recipient} answered without a valid signature: {exc.detail}") from exc
     if response.status_code != 200:
-        raise PeerUnavailable(f"node {recipient} refused the call: HTTP {response.status_code}")
+        code = _problem_code(response)  # signed: its code is the peer's word (no_standing, rate_limited)
+        reason = f" ({code})" if code else ""
+        raise PeerUnavailable(f"node {recipient} refused the call: HTTP {response.status_code}{reason}")
     return PeerAnswer(str(message_id), response.status_code, response.content, signature)
+
+
+async def _call(
+    settings: Settings,
+    signer: NodeSigner,
+    url: str,
+    path: str,
+    body: bytes,
+    client: Callable[[], httpx.AsyncClient] | None,
+) -> httpx.Response:
+    """One signed POST, all of it (connect, send, read the whole answer) within
+    ``peer_call_deadline_seconds``, the answer within ``peer_max_response_bytes``. On a loop of its
+    own (``query_peer`` runs in a worker thread): cancelling at the deadline closes the connection,
+    however slowly the peer drips its answer."""
+    async with asyncio.timeout(settings.peer_call_deadline_seconds):
+        async with (client or (lambda: httpx.AsyncClient(timeout=settings.peer_timeout_seconds)))() as http:
+            return await apost_signed(http, settings, signer, url=url, path=path, body=body)
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    """A problem+json answer's ``code`` when it is a plain identifier (anything else: None)."""
+    try:
+        code = response.json().get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) and code.isidentifier() and len(code) <= 40 else None

@@ -6,6 +6,7 @@ import json
 import logging
 import traceback
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic
@@ -17,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from service.db import read_session
 from service.errors import (
+    PROBLEM_JSON,
     Conflict,
     DomainError,
     InternalError,
@@ -47,8 +49,13 @@ InboundHandler = Callable[[Session, InboundMessage[Any]], datetime | None]
 # given messages with distinct message_ids that are not stored yet; anything it raises is for all of
 # them (the inbox then undoes its writes and takes the messages one by one with the handler).
 BulkHandler = Callable[[Session, Sequence[InboundMessage[Any]]], list[datetime | DomainError | None]]
-# A synchronous endpoint's handler returns the answer itself (a certificate lookup).
-QueryHandler = Callable[[Session, InboundMessage[Any]], BaseModel]
+# A synchronous endpoint's handler returns the answer itself (a certificate lookup), or the
+# DomainError that refuses it, returned rather than raised: what it wrote (its record of the
+# refusal) is committed, and the refusal is answered as a signed problem.
+QueryHandler = Callable[[Session, InboundMessage[Any]], BaseModel | DomainError]
+# A synchronous endpoint's admission, given the request and the signing node, before any
+# transaction: held while the request runs, or raising a DomainError (429) to refuse it.
+Admission = Callable[[Any, str], AbstractContextManager[object]]
 # The sender's hook, run once when the peer's signed receipt is stored.
 ReceiptHook = Callable[[Session, OutboxMessage, Receipt], None]
 
@@ -66,6 +73,7 @@ class PeerEndpoint:
     on_receipt: ReceiptHook | None = None
     summary: str = ""
     answer: QueryHandler | None = None  # synchronous: answered at once with a signed 200
+    admit: Admission | None = None  # synchronous only: a per-peer limit (certificate look-ups)
     response_model: type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +81,8 @@ class PeerEndpoint:
             raise ValueError(f"{self.message_type}: give exactly one of handle (asynchronous) or answer")
         if self.handle_many is not None and self.handle is None:
             raise ValueError(f"{self.message_type}: handle_many goes with handle, never alone")
+        if self.admit is not None and self.answer is None:
+            raise ValueError(f"{self.message_type}: admit goes with answer (a synchronous endpoint)")
 
     @property
     def synchronous(self) -> bool:
@@ -91,6 +101,7 @@ class PeerEndpoint:
 class Accepted:
     status_code: int  # 202 first time, 200 for a retry of the same message
     body: bytes
+    media_type: str = "application/json"  # a synchronous endpoint's refusal: problem+json
 
 
 _NONCES = SeenNonce.__table__  # type: ignore[attr-defined]
@@ -410,6 +421,8 @@ def answer(
     assert endpoint.answer is not None
     inbound = InboundMessage(envelope, now.replace(microsecond=0), signature.keyid)
     result = endpoint.answer(session, inbound)
+    if isinstance(result, DomainError):  # a refusal the domain recorded (committed with the nonce)
+        return Accepted(result.status_code, canonical_json(result.problem()), PROBLEM_JSON)
     return Accepted(200, canonical_json(result.model_dump(mode="json")))
 
 

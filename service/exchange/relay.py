@@ -55,6 +55,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.directory.service import PeerKeys, get_peer, resolve_key
 from service.errors import DomainError
+from service.evidence.record import SentRequest, record_sent, sent_request
 from service.exchange import batch
 from service.exchange.client import (
     BatchLimits,
@@ -96,6 +97,7 @@ class Attempt:
     retry_after: timedelta | None = None  # the peer asked us to wait (429/503 Retry-After), capped
     abandoned: bool = False  # stopped by this relay (its lease), not the peer's fault
     again: bool = False  # not this message's attempt (a batch refused as a whole): due again at once
+    sent: SentRequest | None = None  # the signed request (for the evidence log, service/evidence/)
 
 
 def backoff_delay(attempts: int, base: float, cap: float) -> timedelta:
@@ -451,6 +453,7 @@ class Relay:
         except httpx.HTTPError as exc:
             return Attempt("retry", f"{type(exc).__name__}: {exc}")
         attempt = await asyncio.to_thread(self._judge, row, response)
+        attempt.sent = sent_request(response, row.path)
         hold = retry_after(response, utcnow()) if attempt.result == "retry" else None
         if hold:  # "Retry-After: 0" asks for nothing the backoff does not already do
             attempt.retry_after = min(hold, timedelta(seconds=self.settings.relay_backoff_cap_seconds))
@@ -551,6 +554,9 @@ class Relay:
         except httpx.HTTPError as exc:
             return self._whole(rows, Attempt("retry", f"{type(exc).__name__}: {exc}"))
         attempts, as_a_whole = await asyncio.to_thread(self._judge_batch, rows, response)
+        sent = sent_request(response, batch.PATH)
+        for attempt in attempts:
+            attempt.sent = sent
         if as_a_whole is not None:
             hold = retry_after(response, utcnow()) if as_a_whole.result == "retry" else None
             if hold:
@@ -574,7 +580,7 @@ class Relay:
         list is empty): no valid answer, a refusal to retry, or a refusal of the batch itself."""
         recipient, status, now = rows[0].recipient, response.status_code, utcnow()
         try:
-            verify_answer(self._key, self.settings, response, recipient)
+            bound = verify_answer(self._key, self.settings, response, recipient).bound_to
         except DomainError as exc:
             return [], Attempt("retry", f"HTTP {status}, response not accepted: {exc.detail}")
         if status != 200:
@@ -613,6 +619,7 @@ class Relay:
                     expected_node=recipient,
                     now=now,
                     skew_seconds=self.settings.clock_skew_seconds,
+                    request=bound,  # each item bound, as the whole answer, to the batch request
                 )
             except DomainError as exc:
                 error = f"HTTP {result.status} in a batch, answer not accepted: {exc.detail}"
@@ -735,6 +742,7 @@ class Relay:
         )
         if result.rowcount != 1:  # recorded already (another replica's delivery of it)
             return
+        record_sent(session, row.message_id, attempt.sent)
         if self.metrics is not None:
             self.metrics.delivered(row.type, row.created_at, now)
         if (hook := self.hooks.get(row.type)) is not None:

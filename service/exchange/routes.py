@@ -34,7 +34,7 @@ from service.exchange.inbox import (
     nonce_seen,
 )
 from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
-from service.signing.http import sign_response
+from service.signing.http import RequestBinding, sign_response
 from service.signing.node import NodeSigner, node_keys
 
 log = logging.getLogger("yipanqi.security")
@@ -53,12 +53,35 @@ PEER_ERRORS = problem_responses(
 )
 
 
+# A synchronous endpoint's (a certificate look-up's) own refusals, beside PEER_ERRORS.
+ANSWER_ERRORS = problem_responses(
+    {
+        403: "sender_mismatch, recipient_mismatch, forbidden, no_standing (the asking node has no "
+        "standing for the person and purpose: the same answer whether she is registered or not)",
+        429: "rate_limited (more look-ups from this node than its rate or number at once; Retry-After)",
+    }
+)
+
+
 DUPLICATE: dict[int | str, dict[str, Any]] = {
     200: {"description": "duplicate of a message already received", "model": Receipt}
 }
 
 
-def signed(response: Response, signer: NodeSigner) -> Response:
+def request_binding(request: Request | None) -> RequestBinding | None:
+    """What an answer to ``request`` is bound to (RFC 9421 ``req``, docs/protocol.md section 6.1):
+    its path, Content-Digest and ``yp`` signature as received; None for a request without them."""
+    if request is None:
+        return None
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
+    return RequestBinding.of_request(path, request.headers.items())
+
+
+def signed(response: Response, signer: NodeSigner, request: Request | None = None) -> Response:
+    """``response`` signed with the node's key, bound to ``request`` when it carries a signature.
+
+    Needs no database (the key is in memory): an outage's 500 is signed like any answer."""
     headers = sign_response(
         status=response.status_code,
         body=bytes(response.body),
@@ -66,6 +89,7 @@ def signed(response: Response, signer: NodeSigner) -> Response:
         keyid=signer.keyid,
         created=utcnow(),
         content_type=response.headers["content-type"],
+        request=request_binding(request),
     )
     for name, value in headers.items():
         if name.lower() != "content-type":
@@ -112,7 +136,7 @@ class SignedPeerRoute(APIRoute):
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:  # the route's name is its message type (build_peer_router)
                 metrics.incoming(self.name, outcome)
-            return signed(response, request.app.state.signer)
+            return signed(response, request.app.state.signer, request)
 
         return handler
 
@@ -184,7 +208,23 @@ def _accept_once(
     raise AssertionError("unreachable")
 
 
+def _answered(accepted: Accepted) -> Response:
+    return Response(accepted.body, status_code=accepted.status_code, media_type=accepted.media_type)
+
+
 def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
+    if endpoint.admit is not None:
+        admit = endpoint.admit
+
+        # Admitted (a per-peer limit) after the signature and before any transaction or parsing.
+        def limited(
+            request: Request, peer: VerifiedPeer, settings: SettingsDep, signer: SignerDep
+        ) -> Response:
+            with admit(request, peer.node_id):
+                return _answered(_accept_once(endpoint, peer, settings, signer.node_id, None))
+
+        return limited
+
     if endpoint.correlated:
 
         def correlated(
@@ -199,8 +239,7 @@ def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
         return correlated
 
     def plain(peer: VerifiedPeer, settings: SettingsDep, signer: SignerDep) -> Response:
-        accepted = _accept_once(endpoint, peer, settings, signer.node_id, None)
-        return Response(accepted.body, status_code=accepted.status_code, media_type="application/json")
+        return _answered(_accept_once(endpoint, peer, settings, signer.node_id, None))
 
     return plain
 
@@ -208,8 +247,14 @@ def _route(endpoint: PeerEndpoint) -> Callable[..., Response]:
 def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
     router = APIRouter(prefix="/peer/v1", tags=["peer"])
 
-    @router.get("/node", response_model=NodeInfo, summary="This node's identity and public keys (unsigned)")
-    def node_info(session: SessionDep, signer: SignerDep, settings: SettingsDep) -> NodeInfo:
+    @router.get(
+        "/node",
+        response_model=NodeInfo,
+        summary="This node's identity and public keys (signed, but its keys are trusted only out of band)",
+    )
+    def node_info(
+        request: Request, session: SessionDep, signer: SignerDep, settings: SettingsDep
+    ) -> Response:
         keys = [
             NodeKeyInfo(
                 keyid=k.keyid,
@@ -219,12 +264,20 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             )
             for k in node_keys(session)
         ]
-        if not settings.peer_batch_enabled:
-            return NodeInfo(node_id=signer.node_id, name=signer.name, keys=keys)
-        limits = BatchInfo(max_items=settings.peer_batch_max_items, max_body_bytes=settings.max_body_bytes)
-        return NodeInfo(
-            node_id=signer.node_id, name=signer.name, keys=keys, capabilities=[batch.CAPABILITY], batch=limits
-        )
+        info = NodeInfo(node_id=signer.node_id, name=signer.name, keys=keys)
+        if settings.peer_batch_enabled:
+            limits = BatchInfo(
+                max_items=settings.peer_batch_max_items, max_body_bytes=settings.max_body_bytes
+            )
+            info = NodeInfo(
+                node_id=signer.node_id,
+                name=signer.name,
+                keys=keys,
+                capabilities=[batch.CAPABILITY],
+                batch=limits,
+            )
+        body = canonical_json(info.model_dump(mode="json"))
+        return signed(Response(body, media_type="application/json"), signer, request)  # like every answer
 
     signed_router = APIRouter(route_class=SignedPeerRoute)
     for endpoint in endpoints:
@@ -237,7 +290,9 @@ def build_peer_router(endpoints: Sequence[PeerEndpoint]) -> APIRouter:
             operation_id=endpoint.message_type.replace(".", "_"),
             name=endpoint.message_type,
             response_model=endpoint.response_model if endpoint.synchronous else Receipt,
-            responses=PEER_ERRORS if endpoint.synchronous else {**DUPLICATE, **PEER_ERRORS},
+            responses=(
+                {**PEER_ERRORS, **ANSWER_ERRORS} if endpoint.synchronous else {**DUPLICATE, **PEER_ERRORS}
+            ),
             openapi_extra={
                 "requestBody": {
                     "required": True,
@@ -314,7 +369,13 @@ def _batch_route(endpoints: dict[str, PeerEndpoint]) -> Callable[..., Response]:
                 "/peer/v1" + batch.PATH,
                 request.client.host if request.client else "-",
             )
-        body = batch.response_body(answers, key=signer.private_key, keyid=signer.keyid, created=utcnow())
+        body = batch.response_body(
+            answers,
+            key=signer.private_key,
+            keyid=signer.keyid,
+            created=utcnow(),
+            request=request_binding(request),
+        )
         return Response(body, status_code=200, media_type="application/json")
 
     return batch_of_messages

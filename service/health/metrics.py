@@ -9,6 +9,7 @@ process do not clash.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -23,6 +24,7 @@ from sqlmodel import Session, col
 
 from service.clock import utcnow
 from service.db import read_session
+from service.errors import NotAuthenticated, problem_responses
 from service.models import Direction, OutboxMessage, OutboxStatus, StaffNotice
 from service.sla.deadlines import SHANGHAI
 from service.sla.rates import month_rates
@@ -191,9 +193,20 @@ router = APIRouter(tags=["health"])
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"},
+        **problem_responses({401: "not_authenticated (only when YIPANQI_METRICS_TOKEN is set)"}),
+    },
 )
 def metrics(request: Request) -> Response:
-    """Prometheus metrics of this replica (counters) and of the node (gauges read at scrape time)."""
+    """Prometheus metrics of this replica (counters) and of the node (gauges read at scrape time).
+
+    Served only when enabled (YIPANQI_METRICS_ENABLED); with YIPANQI_METRICS_TOKEN set, to the
+    bearer of that token alone."""
+    token = request.app.state.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, b"Bearer " + token.get_secret_value().encode()):
+            raise NotAuthenticated("Authorization: Bearer <YIPANQI_METRICS_TOKEN> is required")
     node_metrics: NodeMetrics = request.app.state.metrics
     return Response(generate_latest(node_metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,15 +12,20 @@ from sqlalchemy import text
 
 from service.clock import utcnow
 from service.db import read_session
+from service.directory.signed import DirectoryStatus
+from service.directory.signed import status as directory_status
 from service.scheduler import stale_after_seconds
 
 router = APIRouter(tags=["health"])
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not_ready"]
+    status: Literal["ready", "degraded", "not_ready"] = Field(
+        description="degraded (still 200): the node works on a lapsed signed directory, or has none yet"
+    )
     checks: dict[str, str] = Field(
-        description="database, signing_key, relay, scheduler: ok or what is wrong (error: …, stalled)"
+        description="database, signing_key, relay, scheduler: ok or what is wrong (error: …, stalled); "
+        "directory: local, ok: …, expiring: …, expired: …, missing: …"
     )
 
 
@@ -59,14 +64,26 @@ def readyz(request: Request) -> JSONResponse:
         fresh = worker.alive and beat is not None and utcnow() - beat < stale_after
         checks["relay"] = "ok" if fresh else "stalled"
     checks["scheduler"] = _scheduler_check(state)
+    directory = _directory_check(state)
+    checks["directory"] = directory.detail
     ready = (
         checks["database"] == "ok"
         and checks["signing_key"] == "ok"
         and checks["relay"] != "stalled"
         and checks["scheduler"] == "ok"
     )
-    body = {"status": "ready" if ready else "not_ready", "checks": checks}
+    status = ("degraded" if directory.degraded else "ready") if ready else "not_ready"
+    body = {"status": status, "checks": checks}
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _directory_check(state: Any) -> DirectoryStatus:
+    """The signed directory's expiry (service/directory/signed.py): a lapsed one degrades, never fails."""
+    try:
+        with read_session() as session:
+            return directory_status(session, state.settings, utcnow())
+    except Exception as exc:  # the database check above says what is wrong
+        return DirectoryStatus("local", detail=f"error: {type(exc).__name__}")
 
 
 def _scheduler_check(state: Any) -> str:

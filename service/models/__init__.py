@@ -8,9 +8,12 @@ from service.models.certificates import (
     CertificateVersion,
     LookupLog,
     LookupPurpose,
+    LookupStanding,
 )
-from service.models.directory import Peer, PeerKey
+from service.models.directory import DirectoryDocument, Peer, PeerKey
+from service.models.evidence import EvidenceCheckpoint, EvidenceEntry, EvidenceHead, EvidenceSentRequest
 from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, SeenNonce
+from service.models.idempotency import IdempotencyKey
 from service.models.node import LocalNode, NodeKey
 from service.models.notifications import Notification, NotificationKind, NotificationStatus
 from service.models.people import Child, ContraceptionMethod, MaritalStatus, Person
@@ -38,12 +41,19 @@ __all__ = [
     "ConsoleSession",
     "ContraceptionMethod",
     "Direction",
+    "DirectoryDocument",
     "EarlyWarning",
+    "EvidenceCheckpoint",
+    "EvidenceEntry",
+    "EvidenceHead",
+    "EvidenceSentRequest",
+    "IdempotencyKey",
     "InboxMessage",
     "ItemType",
     "LocalNode",
     "LookupLog",
     "LookupPurpose",
+    "LookupStanding",
     "MaritalStatus",
     "MonthlyReport",
     "NodeKey",

@@ -17,11 +17,15 @@ class NoticeKind(StrEnum):
     reminder = "reminder"  # 到期提醒: the deadline is near
     overdue = "overdue"  # 已超期: the deadline passed without the answer or 接收确认
     escalation = "escalation"  # 督办: the same, told to the supervisor (负责人)
+    # 查验提示: a certificate look-up by a node without standing was answered (policy any_trusted,
+    # docs/protocol.md "Standing"); the item is the person; raised again (unread) at each one.
+    flagged_lookup = "flagged_lookup"
 
 
 class ItemType(StrEnum):
     verification = "verification"  # a 协查 case (verification_case.id)
     notification = "notification"  # a 通报 (notification.id)
+    person = "person"  # a person in the register (person.id): flagged_lookup notices
 
 
 class StaffNotice(SQLModel, table=True):  # 待办提醒

@@ -15,6 +15,7 @@ from service.staff.dependencies import RoleForbidden
 ITEM_PATHS = {
     ItemType.verification: "/api/v1/verification-requests/{id}",
     ItemType.notification: "/api/v1/notifications/{id}",
+    ItemType.person: "/api/v1/people/{id}",  # flagged_lookup: a look-up of her without standing
 }
 
 

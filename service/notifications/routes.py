@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from service.db import SessionDep, transaction
 from service.errors import staff_errors
@@ -12,6 +13,7 @@ from service.notifications import service
 from service.notifications.schemas import NotificationCreate, NotificationRead, Page
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
+from service.staff.idempotency import IdempotentWriteDep
 from service.staff.service import audit
 from service.subjects import NodeId
 
@@ -21,15 +23,17 @@ router = APIRouter(prefix="/api/v1/notifications", tags=["通报 notifications"]
 _errors = staff_errors
 
 
-@router.post("", status_code=201, response_model=NotificationRead, responses=_errors(422))
-def create(data: NotificationCreate, signer: SignerDep, staff: Actor) -> NotificationRead:
-    """Send a 通报 to another county (queued in the outbox, delivered by the relay)."""
-    with transaction() as tx:
+@router.post("", status_code=201, response_model=NotificationRead, responses=_errors(409, 422))
+def create(data: NotificationCreate, signer: SignerDep, staff: Actor, write: IdempotentWriteDep) -> Response:
+    """Send a 通报 to another county (queued in the outbox, delivered by the relay).
+
+    With an ``Idempotency-Key`` a retry answers the first answer and sends nothing more."""
+    with write.transaction() as tx:
         notification = service.create_outgoing(tx, signer, data, staff.username)
         assert notification.id is not None
-        result = service.get_notification(tx, notification.id)  # what was committed, read before the commit
-    audit(staff, "notification.create", f"notification:{notification.id}")
-    return result
+        write.answer(service.get_notification(tx, notification.id))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "notification.create", f"notification:{notification.id}")
+    return write.response
 
 
 @router.get("", response_model=Page, responses=_errors())

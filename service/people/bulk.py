@@ -8,8 +8,10 @@ row, and with psycopg a prepared execution per row. Look-ups send their keys as 
 parameter that the database unpacks (``json_each``, ``json_array_elements_text``).
 
 Each value is first put through its column's own bind processor, so what is stored (SQLite's
-date and time text, the enums) is exactly what the ORM would have stored. Encoding happens before
-the write transaction (``Encoder.encode``); only the statements run inside it.
+date and time text, the enums, the encrypted columns' ciphertext) is exactly what the ORM would have
+stored, and the blind indexes are added. Encoding (and so encryption) happens before the write
+transaction (``Encoder.encode``); only the statements run inside it. Numbers and names are matched
+by their blind indexes (service/signing/pii.py).
 """
 
 from __future__ import annotations
@@ -30,22 +32,26 @@ from sqlmodel import Session
 from service.db import READ_ONLY, WriteInReadSession
 from service.models import Person
 from service.people.schemas import PersonCreate
+from service.signing import pii
 
 TABLE = Person.__table__  # type: ignore[attr-defined]
 # What a record gives (PersonCreate without its children), then what the import adds.
 DATA = tuple(name for name in PersonCreate.model_fields if name != "children")
 META = ("created_at", "updated_at", "updated_by")
-COLUMNS = DATA + META
+INDEXES = ("id_number_index", "name_index")
+COLUMNS = DATA + META + INDEXES
 ORIGIN = COLUMNS.index("origin_node")
 BIRTH_DATE = COLUMNS.index("birth_date")
 ID_NUMBER = COLUMNS.index("id_number")
 NAME = COLUMNS.index("name")
+ID_NUMBER_INDEX = COLUMNS.index("id_number_index")
+NAME_INDEX = COLUMNS.index("name_index")
 assert all(name in TABLE.c for name in COLUMNS)
-# Rows per SQLite INSERT: 15 bound values each, well under SQLite's 32,766 (3.32 and later; the
+# Rows per SQLite INSERT: 17 bound values each, well under SQLite's 32,766 (3.32 and later; the
 # RETURNING used here needs 3.35).
 SQLITE_ROWS_PER_INSERT = 1000
 
-LookalikeKey = tuple[str, date, str]  # name, birth date, sex
+LookalikeKey = tuple[str, date, str]  # the name's blind index, birth date, sex
 
 
 def _json_default(value: Any) -> str:
@@ -74,16 +80,16 @@ class _Backend(ABC):
 class _SQLite(_Backend):
     _ROW = "(" + ", ".join("?" * len(COLUMNS)) + ")"
     _EXISTING = text(
-        "SELECT id_number, id FROM person WHERE id_number IN (SELECT value FROM json_each(:ids))"
-    ).columns(TABLE.c.id_number, TABLE.c.id)
+        "SELECT id_number_index, id FROM person WHERE id_number_index IN (SELECT value FROM json_each(:ids))"
+    ).columns(TABLE.c.id_number_index, TABLE.c.id)
     # CROSS JOIN keeps the keys as the outer loop: one seek of ix_person_lookalike per key (the
     # row-value form "(name, birth_date) IN (VALUES …)" scans the whole index instead).
     _LOOKALIKES = text(
-        "WITH k(name, birth_date) AS "
+        "WITH k(name_index, birth_date) AS "
         "(SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:keys)) "
-        "SELECT p.id, p.name, p.birth_date, p.sex FROM k CROSS JOIN person AS p "
-        "ON p.name = k.name AND p.birth_date = k.birth_date WHERE p.merged_into IS NULL"
-    ).columns(TABLE.c.id, TABLE.c.name, TABLE.c.birth_date, TABLE.c.sex)
+        "SELECT p.id, p.name_index, p.birth_date, p.sex FROM k CROSS JOIN person AS p "
+        "ON p.name_index = k.name_index AND p.birth_date = k.birth_date WHERE p.merged_into IS NULL"
+    ).columns(TABLE.c.id, TABLE.c.name_index, TABLE.c.birth_date, TABLE.c.sex)
 
     def insert(self, session: Session, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
         connection = session.connection()
@@ -100,7 +106,7 @@ class _SQLite(_Backend):
     def _insert(rows: int) -> str:
         return (
             f"INSERT INTO person ({', '.join(COLUMNS)}) VALUES {', '.join([_SQLite._ROW] * rows)} "
-            "ON CONFLICT (id_number) DO NOTHING RETURNING id_number, id"
+            "ON CONFLICT (id_number_index) DO NOTHING RETURNING id_number_index, id"
         )
 
     def existing(self, session: Session, id_numbers: Sequence[str]) -> list[tuple[str, int]]:
@@ -118,14 +124,15 @@ class _PostgreSQL(_Backend):
     # between fails the chunk with ``Conflict`` (the caller runs the chunk again).
     _COPY = f"COPY person ({', '.join(COLUMNS)}) FROM STDIN"
     _IDS = text(
-        "SELECT id_number, id FROM person "
-        "WHERE id_number IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
-    ).columns(TABLE.c.id_number, TABLE.c.id)
+        "SELECT id_number_index, id FROM person "
+        "WHERE id_number_index IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
+    ).columns(TABLE.c.id_number_index, TABLE.c.id)
     _LOOKALIKES = text(
-        "SELECT p.id, p.name, p.birth_date, p.sex "
-        "FROM json_to_recordset(CAST(:keys AS json)) AS k(name text, birth_date date) "
-        "JOIN person AS p ON p.name = k.name AND p.birth_date = k.birth_date WHERE p.merged_into IS NULL"
-    ).columns(TABLE.c.id, TABLE.c.name, TABLE.c.birth_date, TABLE.c.sex)
+        "SELECT p.id, p.name_index, p.birth_date, p.sex "
+        "FROM json_to_recordset(CAST(:keys AS json)) AS k(name_index text, birth_date date) "
+        "JOIN person AS p ON p.name_index = k.name_index AND p.birth_date = k.birth_date "
+        "WHERE p.merged_into IS NULL"
+    ).columns(TABLE.c.id, TABLE.c.name_index, TABLE.c.birth_date, TABLE.c.sex)
 
     def insert(self, session: Session, rows: Sequence[tuple[Any, ...]]) -> list[tuple[str, int]]:
         import psycopg  # the PostgreSQL driver, there only when PostgreSQL is used
@@ -141,13 +148,13 @@ class _PostgreSQL(_Backend):
             raise Conflict("a number of this chunk was registered meanwhile") from None
         except psycopg.Error as exc:  # its message may quote a row (personal data)
             raise RuntimeError(f"copying the chunk failed (SQLSTATE {exc.sqlstate})") from None
-        return self.existing(session, [row[ID_NUMBER] for row in rows])
+        return self.existing(session, [row[ID_NUMBER_INDEX] for row in rows])
 
     def existing(self, session: Session, id_numbers: Sequence[str]) -> list[tuple[str, int]]:
         return list(session.execute(self._IDS, {"ids": dumps(list(id_numbers))}).all())
 
     def lookalikes(self, session: Session, keys: list[list[Any]]) -> list[tuple[int, str, date, Any]]:
-        payload = dumps([{"name": name, "birth_date": birth} for name, birth in keys])
+        payload = dumps([{"name_index": name, "birth_date": birth} for name, birth in keys])
         return list(session.execute(self._LOOKALIKES, {"keys": payload}).all())
 
 
@@ -170,8 +177,14 @@ class Encoder:
             processor = TABLE.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors[i] = processor
-        # The stored form of each value seen, by column (dates and enum members: few distinct ones).
-        self._memos = [(i, dict[Any, Any]()) for i in self._processors if i < len(DATA)]
+        # The stored form of each value seen, by column (dates and enum members: few distinct ones);
+        # never an encrypted column's (each value has its own nonce).
+        self._encrypted = [
+            i for i in self._processors if isinstance(TABLE.c[COLUMNS[i]].type, pii.ENCRYPTED_TYPES)
+        ]
+        self._memos = [
+            (i, dict[Any, Any]()) for i in self._processors if i < len(DATA) and i not in self._encrypted
+        ]
         self._get = operator.attrgetter(*DATA)
 
     def meta(self, now: datetime, staff_username: str) -> tuple[Any, ...]:
@@ -185,6 +198,7 @@ class Encoder:
         values = list(self._get(record))
         if values[ORIGIN] is None:  # the number's first 6 digits
             values[ORIGIN] = record.id_number[:6]
+        indexes = (pii.blind_index(record.id_number, pii.ID_NUMBER), pii.blind_index(record.name, pii.NAME))
         for i, memo in self._memos:
             value = values[i]
             if value is not None:
@@ -192,32 +206,40 @@ class Encoder:
                 if stored is None:
                     stored = memo[value] = self._processors[i](value)
                 values[i] = stored
-        return (*values, *meta)
+        for i in self._encrypted:
+            if values[i] is not None:
+                values[i] = self._processors[i](values[i])
+        return (*values, *meta, *indexes)
 
 
-def insert(session: Session, encoder: Encoder, rows: Sequence[tuple[Any, ...]]) -> dict[str, int]:
-    """Insert ``rows`` (encoded); ID number → new record id for those inserted. A number that is
-    registered already (by a concurrent import on PostgreSQL) is skipped, not an error."""
+def insert(
+    session: Session, encoder: Encoder, rows: Sequence[tuple[Any, ...]], id_numbers: Sequence[str]
+) -> dict[str, int]:
+    """Insert ``rows`` (encoded; ``id_numbers`` their numbers, in order); ID number → new record id
+    for those inserted. A number that is registered already (by a concurrent import on PostgreSQL)
+    is skipped, not an error."""
     if session.info.get(READ_ONLY):  # a textual INSERT is not seen by the read session's own guard
         raise WriteInReadSession("the import stores in `with transaction() as session:`")
     if not rows:
         return {}
-    return dict(encoder.backend.insert(session, rows))
+    number_of = {row[ID_NUMBER_INDEX]: number for row, number in zip(rows, id_numbers, strict=True)}
+    return {number_of[index]: pid for index, pid in encoder.backend.insert(session, rows)}
 
 
 def existing(session: Session, encoder: Encoder, id_numbers: Sequence[str]) -> dict[str, int]:
-    """ID number → record id, for the numbers already registered (one query)."""
+    """ID number → record id, for the numbers already registered (one query, by blind index)."""
     if not id_numbers:
         return {}
-    return dict(encoder.backend.existing(session, id_numbers))
+    number_of = {pii.blind_index(number, pii.ID_NUMBER): number for number in id_numbers}
+    return {number_of[index]: pid for index, pid in encoder.backend.existing(session, list(number_of))}
 
 
 def lookalikes(
     session: Session, encoder: Encoder, rows: Iterable[tuple[Any, ...]]
 ) -> dict[LookalikeKey, list[int]]:
-    """(name, birth_date, sex) → ids (ascending) of unmerged records with the name and birth date
-    of one of ``rows`` (encoded, as ``Encoder.encode`` gives them; one query)."""
-    wanted = sorted({(row[NAME], row[BIRTH_DATE]) for row in rows})
+    """(name index, birth_date, sex) → ids (ascending) of unmerged records with the name and birth
+    date of one of ``rows`` (encoded, as ``Encoder.encode`` gives them; one query)."""
+    wanted = sorted({(row[NAME_INDEX], row[BIRTH_DATE]) for row in rows})
     if not wanted:
         return {}
     found: dict[LookalikeKey, list[int]] = {}

@@ -24,7 +24,7 @@ def run_import(console: Console, path: Path, *, dry_run: bool, staff_username: s
     with read_session() as session:
         signer = load_signer(session, settings.keys_dir)
     try:
-        table = importer.read_table(path.read_bytes())
+        table = importer.read_table(path.read_bytes(), importer.ImportLimits.of(settings))
     except DomainError as exc:
         console.print(f"[red]file refused:[/red] {exc.detail}")
         return 2

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import re
+import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -22,11 +24,13 @@ from sqlmodel import Session, col, select
 
 from service.certificates import service as certificates
 from service.clock import utcnow
+from service.config import Settings
 from service.db import get_engine, read_session, transaction
 from service.errors import DomainError, ProblemField, ServiceBusy
 from service.models import ContraceptionMethod, MaritalStatus, Person
 from service.people import bulk, service
 from service.people.schemas import BadRow, ImportReport, LookalikeRow, PersonCreate, check, today
+from service.signing import pii
 from service.signing.node import NodeSigner
 
 HEADERS = {  # 表头: Chinese as the township forms have it, or the API's field names
@@ -72,6 +76,43 @@ class FileRefused(DomainError):
     title = "Import file refused"
 
 
+@dataclass(frozen=True)
+class ImportLimits:
+    """What a register file may hold, checked before it is parsed (the settings ``people_import_*``;
+    these defaults are theirs). A file over one is refused as a whole, before anything is stored,
+    except a long cell, which makes its row a bad row."""
+
+    max_unpacked_bytes: int = 256 * 1024 * 1024  # an XLSX's members unpacked, all together
+    max_ratio: int = 100  # unpacked : packed, for each member of over RATIO_GRACE bytes unpacked
+    max_rows: int = 1_000_000
+    max_cell_chars: int = 1000
+    max_reported_errors: int = 1000  # bad rows listed in the report; the others are counted
+
+    @classmethod
+    def of(cls, settings: Settings) -> ImportLimits:
+        return cls(
+            max_unpacked_bytes=settings.people_import_max_unpacked_bytes,
+            max_ratio=settings.people_import_max_ratio,
+            max_rows=settings.people_import_max_rows,
+            max_cell_chars=settings.people_import_max_cell_chars,
+            max_reported_errors=settings.people_import_max_reported_errors,
+        )
+
+
+RATIO_GRACE = 1024 * 1024  # small members (styles, a short sheet) may be packed tighter than the ratio
+MAX_MEMBERS = 1000  # a workbook has a few dozen
+_ROW_TAG = re.compile(rb"<(?:[A-Za-z0-9_]{1,10}:)?row[\s>/]")  # <row …> or <x:row …>
+_ROW_TAG_MAX = 16  # the longest match: the overlap kept between two chunks of a member
+
+
+class FileTooLarge(DomainError):
+    """The file is within the upload limit but holds more than an import may (unpacked, or rows)."""
+
+    status_code = 413
+    code = "payload_too_large"
+    title = "Import file too large"
+
+
 @dataclass
 class Table:
     format: str
@@ -79,6 +120,7 @@ class Table:
     fields: list[str]
     rows: Iterator[tuple[int, list[Any]]]  # (line, cells) after the header
     total: int | None  # rows expected (for a progress bar), when known
+    limits: ImportLimits = field(default_factory=ImportLimits)
 
 
 def decode(content: bytes) -> tuple[str, str]:
@@ -103,15 +145,20 @@ def _column(name: str, reason: str) -> dict[str, str]:
 def map_header(cells: list[Any]) -> list[str]:
     """Column names → field names; refuse an unknown, repeated or missing column, naming it."""
     fields: list[str] = []
-    for cell in cells:
+    for position, cell in enumerate(cells, start=1):
         text = "" if cell is None else str(cell).strip().lstrip("\ufeff")
         name = HEADERS.get(text, text)
         if name not in FIELDS and _DATA_LIKE.fullmatch(text):
             raise FileRefused("the first row must be the header; it looks like data (an ID number)")
         if name not in FIELDS:
-            raise FileRefused(f"unknown column {text!r}", errors=[_column(text, "unknown column")])
-        if name in fields:
-            raise FileRefused(f"column {text!r} appears twice", errors=[_column(text, "repeated")])
+            # Named by its place, never by what it says: a data row taken for the header holds a
+            # name or an ID number (docs: import errors name the column and row, never the value).
+            where = f"column {position}"
+            raise FileRefused(
+                f"the header's {where} is not a known column", errors=[_column(where, "unknown column")]
+            )
+        if name in fields:  # a known column's name (HEADERS), not data
+            raise FileRefused(f"column {name!r} appears twice", errors=[_column(name, "repeated")])
         fields.append(name)
     missing = [f for f in REQUIRED if f not in fields]
     if missing:
@@ -120,8 +167,26 @@ def map_header(cells: list[Any]) -> list[str]:
     return fields
 
 
-def read_csv(content: bytes) -> Table:
+def _csv_rows(text: str, limits: ImportLimits) -> int:
+    """The rows after the header, counted before any is parsed for import: too many, or a line the
+    csv module cannot read (a cell past its own limit among them), refuse the file as a whole."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    count = -1  # the header
+    try:
+        for _cells in reader:
+            count += 1
+            if count > limits.max_rows:
+                raise FileTooLarge(f"the file has more than {limits.max_rows} rows; split it")
+    except csv.Error:
+        line = reader.line_num
+        raise FileRefused(f"line {line} cannot be read as CSV (or a cell is far too long)") from None
+    return max(count, 0)
+
+
+def read_csv(content: bytes, limits: ImportLimits | None = None) -> Table:
+    limits = limits or ImportLimits()
     text, encoding = decode(content)
+    total = _csv_rows(text, limits)
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -132,12 +197,61 @@ def read_csv(content: bytes) -> Table:
         for cells in reader:
             yield reader.line_num, cells
 
-    return Table("csv", encoding, fields, rows(), max(text.count("\n") - 1, 0))
+    return Table("csv", encoding, fields, rows(), total, limits)
 
 
-def read_xlsx(content: bytes) -> Table:
+def check_xlsx(content: bytes, limits: ImportLimits) -> int:
+    """An XLSX checked from its zip directory and a scan of its members, before it is parsed: the
+    unpacked size of all members, each large member's compression ratio (a zip bomb), and the
+    rows (``<row>`` elements, in every member: an upper bound for the first sheet's). The sizes
+    in the directory bound what is unpacked: Python's zipfile stops at a member's stated size.
+    Returns the rows counted (the header among them)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(content))
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise FileRefused("not a readable XLSX workbook (BadZipFile)") from None
+    with archive:
+        members = archive.infolist()
+        if len(members) > MAX_MEMBERS:
+            raise FileRefused(f"not a register workbook: more than {MAX_MEMBERS} parts")
+        unpacked = sum(m.file_size for m in members)
+        if unpacked > limits.max_unpacked_bytes:
+            raise FileTooLarge(
+                f"the workbook unpacks to more than {limits.max_unpacked_bytes} bytes; split it"
+            )
+        for member in members:
+            if member.file_size > RATIO_GRACE and member.file_size > limits.max_ratio * max(
+                member.compress_size, 1
+            ):
+                raise FileRefused(
+                    f"a part of the workbook is packed more than {limits.max_ratio}:1 (a zip bomb?)"
+                )
+        rows = 0
+        try:
+            for member in members:
+                rows += _count_rows(archive, member)
+                if rows > limits.max_rows + 1:
+                    raise FileTooLarge(f"the workbook has more than {limits.max_rows} rows; split it")
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError):
+            raise FileRefused("not a readable XLSX workbook (a damaged part)") from None
+    return rows
+
+
+def _count_rows(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
+    count, tail = 0, b""
+    with archive.open(member) as part:
+        while chunk := part.read(1024 * 1024):
+            data = tail + chunk
+            count += sum(1 for m in _ROW_TAG.finditer(data) if m.end() > len(tail))
+            tail = data[-_ROW_TAG_MAX:]
+    return count
+
+
+def read_xlsx(content: bytes, limits: ImportLimits | None = None) -> Table:
     from openpyxl import load_workbook
 
+    limits = limits or ImportLimits()
+    counted = check_xlsx(content, limits)
     try:
         workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a damaged file
@@ -155,16 +269,23 @@ def read_xlsx(content: bytes) -> Table:
     def rows() -> Iterator[tuple[int, list[Any]]]:
         try:
             for line, cells in enumerate(values, start=2):
+                if line > limits.max_rows + 1:  # rows the scan did not see as <row> elements
+                    raise FileTooLarge(f"the workbook has more than {limits.max_rows} rows; split it")
                 yield line, list(cells)
         finally:
             workbook.close()
 
     total = sheet.max_row - 1 if isinstance(sheet.max_row, int) else None
-    return Table("xlsx", None, fields, rows(), total)
+    if total is None or total > counted:  # the sheet's own dimension may say anything
+        total = max(counted - 1, 0)
+    return Table("xlsx", None, fields, rows(), total, limits)
 
 
-def read_table(content: bytes) -> Table:
-    return read_xlsx(content) if content.startswith(XLSX_MAGIC) else read_csv(content)
+def read_table(content: bytes, limits: ImportLimits | None = None) -> Table:
+    """The file as a table, after the checks of ``limits`` (default: the settings' defaults)."""
+    if content.startswith(XLSX_MAGIC):
+        return read_xlsx(content, limits)
+    return read_csv(content, limits)
 
 
 def parse_date(value: Any) -> date:
@@ -192,12 +313,19 @@ def cell_value(name: str, value: Any) -> Any:
 
 
 def parse_row(
-    fields: list[str], cells: list[Any], day: date
+    fields: list[str], cells: list[Any], day: date, max_cell_chars: int = ImportLimits.max_cell_chars
 ) -> tuple[PersonCreate | None, list[ProblemField]]:
     """One row as a record, or the reasons it is bad (field and reason, never the value)."""
     extra = [c for c in cells[len(fields) :] if c not in (None, "")]
     if extra:
         return None, [ProblemField(field="row", reason=f"has more cells than the header's {len(fields)}")]
+    long = [
+        ProblemField(field=name, reason=f"is longer than {max_cell_chars} characters")
+        for name, value in zip(fields, cells, strict=False)
+        if isinstance(value, str) and len(value) > max_cell_chars
+    ]
+    if long:
+        return None, long
     data: dict[str, Any] = {}
     errors: list[ProblemField] = []
     for name, value in zip(fields, cells, strict=False):
@@ -231,7 +359,7 @@ class _Row(NamedTuple):
 
     line: int
     id_number: str
-    name: str
+    name: str  # the blind index of the normalised name (look-alikes are found by it)
     birth_date: date
     sex: str
     arrival_here: bool  # an arrival at this node: may queue the arrival notification
@@ -261,6 +389,38 @@ class _Outcome:
     certificates: int = 0
 
 
+class _BadRows:
+    """The first ``keep`` bad rows by line, the number of them all, and errors counted by column:
+    the report of a file with a million bad rows stays small (and so does the memory it takes)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.rows: list[BadRow] = []
+        self.count = 0
+        self.by_field: Counter[str] = Counter()
+        self._cutoff: int | None = None  # with ``keep`` rows kept, a later line is only counted
+
+    def add(self, line: int, errors: list[ProblemField]) -> None:
+        self.count += 1
+        for error in errors:
+            self.by_field[error.field.split(".", 1)[0]] += 1
+        if self._cutoff is not None and line > self._cutoff:
+            return
+        self.rows.append(BadRow(line=line, errors=errors))
+        if len(self.rows) >= 2 * self.keep:
+            self._trim()
+
+    def _trim(self) -> None:  # the rows let go have later lines than every row kept
+        self.rows.sort(key=lambda b: b.line)
+        del self.rows[self.keep :]
+        if len(self.rows) == self.keep:
+            self._cutoff = self.rows[-1].line
+
+    def first(self) -> list[BadRow]:
+        self._trim()
+        return self.rows
+
+
 class _Reader:
     """Reads and checks the rows, handing over chunks of ``batch_size`` good rows encoded for the
     database; bad rows, and numbers repeated within the file, are kept for the report."""
@@ -281,7 +441,7 @@ class _Reader:
         self.staff_username = staff_username
         self.progress = progress
         self.rows = 0  # rows read so far (blank ones not counted)
-        self.bad_rows: list[BadRow] = []
+        self.bad = _BadRows(table.limits.max_reported_errors)
         self.first_line: dict[str, int] = {}  # ID number → the line it first appeared on
 
     def chunks(self) -> Iterator[_Chunk]:
@@ -292,12 +452,12 @@ class _Reader:
             if not any(c is not None and (not isinstance(c, str) or c.strip()) for c in cells):
                 continue  # blank lines, and the empty rows a spreadsheet keeps at its end
             self.rows += 1
-            person, errors = parse_row(self.table.fields, cells, day)
+            person, errors = parse_row(self.table.fields, cells, day, self.table.limits.max_cell_chars)
             if person is None:
-                self.bad_rows.append(BadRow(line=line, errors=errors))
+                self.bad.add(line, errors)
             elif person.id_number in self.first_line:
                 first = self.first_line[person.id_number]
-                self.bad_rows.append(_duplicate(line, f"the same ID number is on line {first}"))
+                self.bad.add(line, _duplicate(line, f"the same ID number is on line {first}").errors)
             else:
                 self.first_line[person.id_number] = line
                 if not chunk.rows:  # the chunk's time stamp
@@ -307,7 +467,7 @@ class _Reader:
                     _Row(
                         line,
                         person.id_number,
-                        person.name,
+                        pii.blind_index(person.name, pii.NAME),
                         person.birth_date,
                         str(person.sex),
                         person.arrived_on is not None and person.host_node == here,
@@ -361,7 +521,8 @@ def import_people(
                     outcome = _flush(session, encoder, signer, staff_username, chunk, store=False)
             else:
                 outcome = _store(engine, encoder, signer, staff_username, chunk)
-            report.bad_rows += outcome.bad_rows
+            for bad in outcome.bad_rows:
+                reader.bad.add(bad.line, bad.errors)
             report.possible_duplicates += outcome.possible_duplicates
             report.stored += outcome.stored
             report.notifications += outcome.notifications
@@ -371,9 +532,9 @@ def import_people(
     finally:
         reader.close()
     report.rows = reader.rows
-    report.bad_rows += reader.bad_rows
-    report.bad_rows.sort(key=lambda b: b.line)
-    report.bad = len(report.bad_rows)
+    report.bad_rows = reader.bad.first()
+    report.bad = reader.bad.count
+    report.error_counts = dict(sorted(reader.bad.by_field.items()))
     if progress is not None:
         progress(report.rows)
     return report
@@ -420,7 +581,7 @@ def _flush(
     similar = bulk.lookalikes(session, encoder, values)
     ids: dict[str, int] = {}
     if store and new:
-        ids = bulk.insert(session, encoder, values)
+        ids = bulk.insert(session, encoder, values, [row.id_number for row in new])
         if len(ids) < len(new):  # registered meanwhile by another import (the insert skipped them)
             raced = [row.id_number for row in new if row.id_number not in ids]
             known.update(bulk.existing(session, encoder, raced))

@@ -5,17 +5,27 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from fastapi import APIRouter, UploadFile
+from fastapi import APIRouter, Request, UploadFile
+from fastapi.responses import Response
 
 from service.db import SessionDep, transaction
-from service.errors import PayloadTooLarge, staff_errors
+from service.errors import PayloadTooLarge, ValidationFailed, staff_errors
 from service.exchange.security import SettingsDep, SignerDep
 from service.people import importer, service
-from service.people.schemas import ImportReport, MergeRequest, Page, PersonCreate, PersonRead, PersonUpdate
+from service.people.schemas import (
+    ImportReport,
+    MergeRequest,
+    Page,
+    PersonCreate,
+    PersonRead,
+    PersonSearch,
+    PersonUpdate,
+)
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader, Supervisor
+from service.staff.idempotency import IdempotentWriteDep
 from service.staff.service import audit
-from service.subjects import IdNumber, NodeId, PersonName
+from service.subjects import NodeId
 
 router = APIRouter(prefix="/api/v1/people", tags=["流动人口 register"])
 
@@ -27,26 +37,26 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 @router.post("", status_code=201, response_model=PersonRead, responses=_errors(409, 422))
-def create(data: PersonCreate, signer: SignerDep, staff: Actor) -> PersonRead:
+def create(data: PersonCreate, signer: SignerDep, staff: Actor, write: IdempotentWriteDep) -> Response:
     """Register a person (one record per ID number); look-alikes come back in ``possible_duplicates``.
 
     An arrival at this node from another county sends the arrival notification (流入通报) by itself.
+    With an ``Idempotency-Key`` a retry answers the first answer (not 409 duplicate_person).
     """
     service.validate(data)  # the rules first, outside the transaction
-    with transaction() as tx:
+    with write.transaction() as tx:
         person, _ = service.create_person(tx, signer, data, staff.username)
         assert person.id is not None
-        result = service.get_person(tx, person.id)  # what was committed, read before the commit
-    audit(staff, "people.create", f"person:{person.id}")
-    return result
+        write.answer(service.get_person(tx, person.id))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "people.create", f"person:{person.id}")
+    return write.response
 
 
 @router.get("", response_model=Page, responses=_errors(422))
-def search(
+def listing(
+    request: Request,
     session: SessionDep,
     staff: Reader,
-    id_number: IdNumber | None = None,
-    name: PersonName | None = None,
     origin_node: NodeId | None = None,
     host_node: NodeId | None = None,
     arrived_from: date | None = None,
@@ -55,22 +65,44 @@ def search(
     page: PageNumber = 1,
     page_size: PageSize = 50,
 ) -> Page:
-    """Records matching every filter given (ID number exact), the ID number masked; merged ones left out."""
-    items, total = service.search(
+    """Records by origin, host and arrival, the ID number masked; merged ones left out. A search by
+    ID number or name is ``POST /api/v1/people/search`` (never in a URL): ``id_number`` or ``name``
+    in the query is refused (422), so that a client still using them learns it."""
+    if {"id_number", "name"} & set(request.query_params):
+        raise ValidationFailed(
+            "search by ID number or name with POST /api/v1/people/search (a URL ends up in access logs)",
+            field="id_number" if "id_number" in request.query_params else "name",
+        )
+    return _search(
         session,
-        id_number=id_number,
-        name=name,
-        origin_node=origin_node,
-        host_node=host_node,
-        arrived_from=arrived_from,
-        arrived_to=arrived_to,
-        include_merged=include_merged,
-        page=page,
-        page_size=page_size,
+        staff,
+        PersonSearch(
+            origin_node=origin_node,
+            host_node=host_node,
+            arrived_from=arrived_from,
+            arrived_to=arrived_to,
+            include_merged=include_merged,
+            page=page,
+            page_size=page_size,
+        ),
     )
-    used = [k for k, v in (("id_number", id_number), ("name", name)) if v is not None]
+
+
+@router.post("/search", response_model=Page, responses=_errors(422))
+def search(data: PersonSearch, session: SessionDep, staff: Reader) -> Page:
+    """Records matching every filter given: the ID number exact, the name exact after normalising
+    (NFKC, no spaces, case-folded; names are encrypted and found by a blind index). The ID number
+    comes back masked; merged ones left out unless ``include_merged``."""
+    return _search(session, staff, data)
+
+
+def _search(session: SessionDep, staff: Reader, data: PersonSearch) -> Page:
+    items, total = service.search(
+        session, **data.model_dump(exclude={"page", "page_size"}), page=data.page, page_size=data.page_size
+    )
+    used = [k for k, v in (("id_number", data.id_number), ("name", data.name)) if v is not None]
     audit(staff, "people.search", f"filters:{','.join(used) or '-'} results:{total}")
-    return Page(items=items, total=total, page=page, page_size=page_size)
+    return Page(items=items, total=total, page=data.page, page_size=data.page_size)
 
 
 @router.post("/import", response_model=ImportReport, responses=_errors(413, 422))
@@ -91,7 +123,7 @@ def import_file(
     content = file.file.read(limit + 1)
     if len(content) > limit:
         raise PayloadTooLarge(f"the file is larger than {limit} bytes")
-    table = importer.read_table(content)
+    table = importer.read_table(content, importer.ImportLimits.of(settings))
     report = importer.import_people(
         signer, table, staff.username, dry_run=dry_run, batch_size=settings.people_import_batch_size
     )

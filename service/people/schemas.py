@@ -149,6 +149,25 @@ class Page(BaseModel):
     page_size: int
 
 
+class PersonSearch(BaseModel):
+    """A search of the register, sent as a body so that an ID number or a name never lands in a URL
+    (and so in an access log). The name matches exactly, after normalising (NFKC, no spaces,
+    case-folded): names are stored encrypted and found by a keyed blind index, so a partial name
+    finds nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id_number: IdNumber | None = None
+    name: PersonName | None = None
+    origin_node: NodeId | None = None
+    host_node: NodeId | None = None
+    arrived_from: date | None = None
+    arrived_to: date | None = None
+    include_merged: bool = False
+    page: int = Field(default=1, ge=1, le=100_000, description="1 for the first page")
+    page_size: int = Field(default=50, ge=1, le=200, description="items per page")
+
+
 class MergeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -173,7 +192,12 @@ class ImportReport(BaseModel):
     rows: int
     stored: int
     bad: int
-    bad_rows: list[BadRow]
+    bad_rows: list[BadRow] = Field(
+        description="the first bad rows by line (YIPANQI_PEOPLE_IMPORT_MAX_REPORTED_ERRORS); `bad` counts all"
+    )
+    error_counts: dict[str, int] = Field(
+        default_factory=dict, description="errors in all bad rows (listed or not), by column (field)"
+    )
     possible_duplicates: list[LookalikeRow]
     notifications: int = Field(description="arrival notifications queued for the origins")
     certificates: int = Field(default=0, description="婚育证明 issued (women registered at their origin)")

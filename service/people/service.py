@@ -27,6 +27,7 @@ from service.people.schemas import (
     PersonUpdate,
     check,
 )
+from service.signing import pii
 from service.signing.node import NodeSigner
 
 log = logging.getLogger(__name__)
@@ -68,16 +69,17 @@ def build_children(person_id: int, children: Iterable[ChildIn]) -> list[Child]:
 
 
 def existing_id(session: Session, id_number: str) -> int | None:
-    return session.exec(select(Person.id).where(Person.id_number == id_number)).first()
+    index = pii.blind_index(id_number, pii.ID_NUMBER)
+    return session.exec(select(Person.id).where(Person.id_number_index == index)).first()
 
 
 def lookalikes(session: Session, name: str, birth_date: date, sex: Sex, id_number: str) -> list[int]:
     """Records that may be this person under a mistyped ID number: same name, birth date and sex."""
     query = select(Person.id).where(
-        Person.name == name,
+        Person.name_index == pii.blind_index(name, pii.NAME),
         Person.birth_date == birth_date,
         Person.sex == sex,
-        Person.id_number != id_number,
+        Person.id_number_index != pii.blind_index(id_number, pii.ID_NUMBER),
         col(Person.merged_into).is_(None),
     )
     return sorted(i for i in session.exec(query) if i is not None)
@@ -187,9 +189,9 @@ def search(
     """Records matching every filter given, newest arrival first; the ID number masked."""
     conditions: list[Any] = []
     if id_number is not None:
-        conditions.append(Person.id_number == id_number)
-    if name is not None:
-        conditions.append(Person.name == name)
+        conditions.append(Person.id_number_index == pii.blind_index(id_number, pii.ID_NUMBER))
+    if name is not None:  # exact, on the normalised name's blind index (the name is encrypted)
+        conditions.append(Person.name_index == pii.blind_index(name, pii.NAME))
     if origin_node is not None:
         conditions.append(Person.origin_node == origin_node)
     if host_node is not None:
@@ -216,7 +218,10 @@ def notifications_of(session: Session, person_id: int, limit: int = 100) -> list
     person = _load(session, person_id)
     query = (
         select(Notification)
-        .where((Notification.person_id == person_id) | (Notification.subject_id_number == person.id_number))
+        .where(
+            (Notification.person_id == person_id)
+            | (Notification.subject_id_number_index == person.id_number_index)
+        )
         .order_by(col(Notification.sent_at).desc(), col(Notification.id).desc())
         .limit(limit)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from service.db import SessionDep, transaction
 from service.errors import staff_errors
@@ -10,6 +11,7 @@ from service.exchange.security import SignerDep
 from service.models import CaseStatus, Direction
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
+from service.staff.idempotency import IdempotentWriteDep
 from service.staff.service import audit
 from service.subjects import NodeId
 from service.verification import service
@@ -21,15 +23,19 @@ router = APIRouter(prefix="/api/v1/verification-requests", tags=["协查 verific
 _errors = staff_errors
 
 
-@router.post("", status_code=201, response_model=CaseRead, responses=_errors(422))
-def create(data: VerificationRequestCreate, signer: SignerDep, staff: Actor) -> CaseRead:
-    """Send a 协查 request to another county (queued in the outbox, delivered by the relay)."""
-    with transaction() as tx:
+@router.post("", status_code=201, response_model=CaseRead, responses=_errors(409, 422))
+def create(
+    data: VerificationRequestCreate, signer: SignerDep, staff: Actor, write: IdempotentWriteDep
+) -> Response:
+    """Send a 协查 request to another county (queued in the outbox, delivered by the relay).
+
+    With an ``Idempotency-Key`` a retry answers the first answer and sends nothing more."""
+    with write.transaction() as tx:
         case = service.create_outgoing(tx, signer, data, staff.username)
         assert case.id is not None
-        result = service.get_case(tx, case.id)  # what was committed, read before the commit
-    audit(staff, "verification.create", f"case:{case.id}")
-    return result
+        write.answer(service.get_case(tx, case.id))  # what was committed, stored with the key
+    write.after_commit(audit, staff, "verification.create", f"case:{case.id}")
+    return write.response
 
 
 @router.get("", response_model=Page, responses=_errors())

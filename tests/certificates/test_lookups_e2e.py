@@ -80,32 +80,37 @@ def test_lookups_disclose_by_purpose_and_are_logged_on_both_sides(network: Netwo
     births = look(host, number, "birth_registration")
     assert set(births["certificate"]) == BASE | {"marriage_date", "children"}
 
-    unknown = id_number(origin.node_id, date(1992, 1, 1), 40)
-    nothing = look(host, unknown, "residence_check")
+    # A wrong name: nothing found (the caller that does not know her name learns nothing).
+    nothing = look(host, number, "residence_check", name="王秀兰")
     assert nothing["found"] is False
     assert nothing["certificate"] is None
     assert nothing["discrepancy_request"] == {"suggested": True, "case_id": None}
     assert nothing["signed_answer"]["body"] == '{"found":false}'
-    assert look(host, number, "service", name="王秀兰")["found"] is False
+    # A number the origin does not hold, that this node never notified: no standing, refused.
+    unknown = id_number(origin.node_id, date(1992, 1, 1), 40)
+    refused = host.api("POST", LOOKUP, json={"id_number": unknown, "name": "王秀英", "purpose": "service"})
+    assert (refused.status_code, refused.json()["code"]) == (502, "peer_unavailable")
+    assert "no_standing" in refused.json()["detail"]
 
-    # Host: every check kept with the origin's signed answer, byte for byte.
+    # Host: every check kept with the origin's signed answer, byte for byte (not the refusal).
     checks = rows(host, CertificateCheck)
-    assert [c.found for c in checks] == [True, True, True, False, False]
+    assert [c.found for c in checks] == [True, True, True, False]
     assert checks[3].response_body == b'{"found":false}'
     assert checks[3].response_signature == nothing["signed_answer"]["signature"]
-    # Origin: every lookup logged, with who asked and for what, the person only when found.
+    # Origin: every lookup logged, with who asked and for what, her record whenever the number is hers.
     logs = rows(origin, LookupLog)
-    assert [(g.requester, g.keyid, g.purpose.value, g.found) for g in logs] == [
-        ("410105", "410105/k1", "residence_check", True),
-        ("410105", "410105/k1", "service", True),
-        ("410105", "410105/k1", "birth_registration", True),
-        ("410105", "410105/k1", "residence_check", False),
-        ("410105", "410105/k1", "service", False),
+    assert [(g.requester, g.keyid, g.purpose.value, g.found, g.refused) for g in logs] == [
+        ("410105", "410105/k1", "residence_check", True, False),
+        ("410105", "410105/k1", "service", True, False),
+        ("410105", "410105/k1", "birth_registration", True, False),
+        ("410105", "410105/k1", "residence_check", False, False),
+        ("410105", "410105/k1", "service", False, True),
     ]
-    assert [g.message_id for g in logs] == [c.message_id for c in checks]
+    assert [g.message_id for g in logs[:4]] == [c.message_id for c in checks]
     assert logs[0].person_id is not None
-    assert logs[3].person_id is None
-    assert logs[3].id_number_masked == unknown[:4] + "*" * 10 + unknown[-4:]
+    assert logs[3].person_id == logs[0].person_id
+    assert logs[4].person_id is None
+    assert logs[4].id_number_masked == unknown[:4] + "*" * 10 + unknown[-4:]
 
     # The host's staff see the checks and the check rate (two look-ups after arrival this year).
     person_id = checks[0].person_id
@@ -210,6 +215,17 @@ def test_a_node_outside_the_directory_learns_nothing(network: NetworkFactory) ->
 def test_auto_send_opens_a_7_day_case_at_the_origin(network: NetworkFactory) -> None:
     host, origin = network(NODES, env={"YIPANQI_CERTIFICATE_DISCREPANCY_AUTO_SEND": "true"})
     unknown = id_number(origin.node_id, date(1993, 7, 1), 41)
+    # Unknown at her origin: the host's 流入通报 gives it the standing to ask (docs/protocol.md).
+    arrived = (utcnow().astimezone(SHANGHAI).date() - timedelta(days=3)).isoformat()
+    registered = host.api(
+        "POST",
+        "/api/v1/people",
+        json={"id_number": unknown, "name": "王秀英", "sex": "F", "birth_date": "1993-07-01",
+              "host_node": host.node_id, "arrived_on": arrived},
+    )  # fmt: skip
+    assert registered.status_code == 201, registered.text
+    arrivals = {"direction": "incoming", "kind": "arrival"}
+    wait_for(lambda: origin.api("GET", "/api/v1/notifications", params=arrivals).json()["total"] == 1)
     answer = look(host, unknown, "residence_check")
     case_id = answer["discrepancy_request"]["case_id"]
     assert answer["found"] is False

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from service.certificates import service
 from service.certificates.peer import answer_lookup
 from service.certificates.schemas import CertificateCorrect, LookupPayload
-from service.errors import InvalidState, ValidationFailed
+from service.errors import DomainError, InvalidState, ValidationFailed
 from service.exchange.envelope import Envelope
 from service.exchange.inbox import InboundMessage
 from service.models import (
@@ -183,7 +183,10 @@ def ask(session: Session, number: str, name: str, purpose: LookupPurpose) -> dic
         payload=LookupPayload(id_number=number, name=name, purpose=purpose),
     )
     inbound = InboundMessage(envelope, datetime(2026, 6, 1, 2, 0, 1, tzinfo=UTC), "410105/k1")
-    dumped: dict[str, object] = answer_lookup(session, inbound).model_dump(mode="json")
+    answer = answer_lookup(session, inbound)
+    if isinstance(answer, DomainError):  # a refusal (no standing): its problem body
+        return answer.problem()
+    dumped: dict[str, object] = answer.model_dump(mode="json")
     return dumped
 
 
@@ -224,14 +227,21 @@ def test_disclosure_follows_the_purpose(
         assert log.id_number_masked == row.id_number[:4] + "**********" + row.id_number[-4:]
 
 
-def test_a_wrong_name_or_unknown_number_finds_nothing_and_is_logged(origin: Engine, at: Freeze) -> None:
+def test_a_wrong_name_finds_nothing_an_unknown_number_is_refused_both_logged(
+    origin: Engine, at: Freeze
+) -> None:
     at("2026-06-01 10:00")
     with Session(origin) as session:
         row = holder(session)
         assert ask(session, row.id_number, "王秀兰", LookupPurpose.service) == {"found": False}
         unknown = id_number("411627", date(1992, 1, 1), 7)
-        assert ask(session, unknown, "王秀英", LookupPurpose.residence_check) == {"found": False}
+        # Unknown, and so nobody's host: refused (tests/certificates/test_standing.py).
+        assert ask(session, unknown, "王秀英", LookupPurpose.residence_check)["code"] == "no_standing"
         logs = session.exec(select(LookupLog).order_by(LookupLog.id)).all()  # type: ignore[arg-type]
-        assert [(g.found, g.person_id) for g in logs] == [(False, None), (False, None)]
+        # Her number: her record is named (for her page), though the caller learns nothing.
+        assert [(g.found, g.person_id, g.refused) for g in logs] == [
+            (False, row.id, False),
+            (False, None, True),
+        ]
         # Nothing was issued for a caller who did not know the name.
         assert session.exec(select(Certificate)).first() is None

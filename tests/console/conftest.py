@@ -145,7 +145,8 @@ class PageWatch:
             e for e in self.errors if status == 200 or not (expected in e or e.startswith(f"{status}: "))
         ]
         outside = [
-            url for url in self.requests
+            url
+            for url in self.requests
             if not (url.startswith(f"{node.url}/") or url.startswith(("data:", "about:")))
         ]
         problems = {

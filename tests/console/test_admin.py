@@ -60,8 +60,13 @@ def test_an_operator_gets_403_on_every_admin_page_and_form(page: Page, host: Loc
     sign_in(page, host, Role.operator)
     expect(page.get_by_role("navigation", name="主菜单").get_by_role("link", name="管理")).to_have_count(0)
     token = csrf(page)  # from the home page's sign-out form
-    for path in ("/console/admin", "/console/admin/staff", f"/console/admin/staff/{target_id}",
-                 "/console/admin/peers", "/console/admin/status"):
+    for path in (
+        "/console/admin",
+        "/console/admin/staff",
+        f"/console/admin/staff/{target_id}",
+        "/console/admin/peers",
+        "/console/admin/status",
+    ):
         response = page.goto(f"{host.url}{path}")
         assert response is not None
         assert response.status == 403, path
@@ -74,8 +79,11 @@ def test_an_operator_gets_403_on_every_admin_page_and_form(page: Page, host: Loc
         (f"/console/admin/staff/{target_id}/unlock", {}),
         (f"/console/admin/staff/{target_id}/password", {}),
         (f"/console/admin/staff/{target_id}/token", {}),
-        ("/console/admin/peers", {"node_id": "419801", "name": "测试县", "url": "http://127.0.0.1:9",
-                                  "key": new_key("419801")}),
+        (f"/console/admin/staff/{target_id}/revoke", {}),
+        (
+            "/console/admin/peers",
+            {"node_id": "419801", "name": "测试县", "url": "http://127.0.0.1:9", "key": new_key("419801")},
+        ),
         ("/console/admin/peers/411627/keys", {"key": new_key("411627")}),
         ("/console/admin/peers/keys/retire", {"keyid": "411627/k1"}),
     ]
@@ -86,6 +94,8 @@ def test_an_operator_gets_403_on_every_admin_page_and_form(page: Page, host: Loc
     after = staff_row(host, target)
     assert after.active
     assert after.role == Role.operator
+    assert after.role_set == {Role.operator}
+    assert after.token_revoked_at is None
     assert after.password_changed_at is not None
     engine = make_engine(host.database_url)
     try:
@@ -190,6 +200,14 @@ def test_revoking_tokens_stops_the_old_one_and_the_new_one_works(page: Page, hos
     assert api_status(host, old) == 401
     assert api_status(host, new) == 200
 
+    page.get_by_role("link", name="已交接，返回该账户").click()
+    expect(page.locator("#token-state")).to_contain_text("有效期至")
+    page.get_by_role("button", name="吊销令牌").click()  # no new token this time
+    expect(page.get_by_role("status")).to_contain_text("已吊销接口令牌")
+    expect(page.locator("#token-state")).to_have_text("已吊销")
+    expect(page.get_by_role("button", name="吊销令牌")).to_have_count(0)
+    assert api_status(host, new) == 401
+
 
 def test_password_reset_unlock_and_role(page: Page, browser: Browser, host: LocalNode) -> None:
     username, password = new_login(host, Role.operator)
@@ -209,10 +227,22 @@ def test_password_reset_unlock_and_role(page: Page, browser: Browser, host: Loca
         sign_in(theirs, host, (username, password))
         expect(theirs).to_have_url(f"{host.url}/console/")
 
-        page.get_by_label("新角色").select_option("auditor")
+        roles = page.locator("#roles-form")
+        roles.get_by_label("审计").check()
+        roles.get_by_label("经办人").uncheck()
         page.get_by_role("button", name="修改角色").click()
         expect(page.get_by_role("status")).to_contain_text("已修改角色")
-        expect(page.locator("dl.facts")).to_contain_text("审计")
+        expect(page.locator("#account-roles")).to_have_text("审计")
+        roles.get_by_label("经办人").check()  # several roles: 经办人 and 审计
+        page.get_by_role("button", name="修改角色").click()
+        expect(page.locator("#account-roles")).to_have_text("经办人、审计")
+        assert staff_row(host, username).role_set == {Role.operator, Role.auditor}
+        roles.get_by_label("经办人").uncheck()
+        roles.get_by_label("审计").uncheck()
+        page.get_by_role("button", name="修改角色").click()  # none ticked: refused, nothing changed
+        expect(page.get_by_role("alert")).to_have_text("请至少选择一个角色。")
+        assert staff_row(host, username).role_set == {Role.operator, Role.auditor}
+        page.goto(f"{host.url}/console/admin/staff/{staff_row(host, username).id}")
 
         page.get_by_role("button", name="重置密码").click()
         one_time = page.locator("#one-time-password").inner_text()
@@ -233,12 +263,14 @@ def test_an_admin_cannot_deactivate_or_demote_themself(page: Page, host: LocalNo
     expect(page.get_by_role("button", name="停用账户")).to_have_count(0)
     expect(page.get_by_role("button", name="修改角色")).to_have_count(0)
     token = csrf(page)
-    answer = page.request.post(f"{host.url}/console/admin/staff/{staff_id}/deactivate",
-                               form={"csrftoken": token})
+    answer = page.request.post(
+        f"{host.url}/console/admin/staff/{staff_id}/deactivate", form={"csrftoken": token}
+    )
     assert answer.status == 409
     assert "不能停用自己的账户" in answer.text()
-    answer = page.request.post(f"{host.url}/console/admin/staff/{staff_id}/role",
-                               form={"csrftoken": token, "role": "operator"})
+    answer = page.request.post(
+        f"{host.url}/console/admin/staff/{staff_id}/role", form={"csrftoken": token, "role": "operator"}
+    )
     assert answer.status == 409
     assert "不能取消自己的管理员角色" in answer.text()
     mine = staff_row(host, me[0])

@@ -70,7 +70,8 @@ def test_markup_from_staff_and_from_a_peer_is_shown_as_text_and_never_run(
     ack = origin.api("POST", f"/api/v1/verification-requests/{answered_at_origin}/ack", json={})
     assert ack.status_code == 200, ack.text
     reply = origin.api(
-        "POST", f"/api/v1/verification-requests/{answered_at_origin}/reply",
+        "POST",
+        f"/api/v1/verification-requests/{answered_at_origin}/reply",
         json={"outcome": "confirmed", "findings": f"核实无误。{ALL}"},
     )
     assert reply.status_code == 200, reply.text

@@ -59,20 +59,26 @@ def pages(host: LocalNode, origin: LocalNode) -> dict[str, Pages]:
     person_at_origin = register(origin, new_number(), a_name(), origin_node="411627")
     month = last_month()
     return {
-        "host": Pages(host, {
-            "case": f"/console/cases/{sent['id']}",
-            "notification": f"/console/notifications/{notified['id']}",
-            "person": f"/console/people/{person_at_host}",
-            "report": f"/console/stats/{month}",
-            "report-print": f"/console/stats/{month}/print",
-        }),
-        "origin": Pages(origin, {
-            "case": f"/console/cases/{case_at_origin}",
-            "notification": f"/console/notifications/{notification_at_origin}",
-            "person": f"/console/people/{person_at_origin}",
-            "report": f"/console/stats/{month}",
-            "report-print": f"/console/stats/{month}/print",
-        }),
+        "host": Pages(
+            host,
+            {
+                "case": f"/console/cases/{sent['id']}",
+                "notification": f"/console/notifications/{notified['id']}",
+                "person": f"/console/people/{person_at_host}",
+                "report": f"/console/stats/{month}",
+                "report-print": f"/console/stats/{month}/print",
+            },
+        ),
+        "origin": Pages(
+            origin,
+            {
+                "case": f"/console/cases/{case_at_origin}",
+                "notification": f"/console/notifications/{notification_at_origin}",
+                "person": f"/console/people/{person_at_origin}",
+                "report": f"/console/stats/{month}",
+                "report-print": f"/console/stats/{month}/print",
+            },
+        ),
     }
 
 

@@ -27,8 +27,13 @@ CASES = "/api/v1/verification-requests"
 
 
 def send(asker: LocalNode, recipient: str, **extra: Any) -> dict[str, Any]:
-    body = {"recipient": recipient, "subject": SUBJECT, "topic": "marital_status",
-            "question": "请核实该对象婚育情况。", **extra}
+    body = {
+        "recipient": recipient,
+        "subject": SUBJECT,
+        "topic": "marital_status",
+        "question": "请核实该对象婚育情况。",
+        **extra,
+    }
     response = asker.api("POST", CASES, json=body)
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -95,8 +100,11 @@ def test_a_sent_request_shows_delivery_then_the_peers_ack_and_reply(
     expect(row.locator("td.ack")).to_have_text(re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d"))
     expect(row.locator("td.reply")).to_have_text("未反馈")
 
-    reply = origin.api("POST", f"{CASES}/{incoming['id']}/reply",
-                       json={"outcome": "confirmed", "findings": "已婚，一孩，信息一致。"})
+    reply = origin.api(
+        "POST",
+        f"{CASES}/{incoming['id']}/reply",
+        json={"outcome": "confirmed", "findings": "已婚，一孩，信息一致。"},
+    )
     assert reply.status_code == 200, reply.text
     wait_for(lambda: status_is(host, sent["id"], "answered"))
     page.reload()
@@ -140,16 +148,19 @@ def _unreachable_peer(host: LocalNode) -> str:
     engine = make_engine(host.database_url)
     try:
         with transaction(engine) as tx:
-            add_peer(tx, node_id=node_id, name="测试县", url=f"http://127.0.0.1:{free_ports(1)}",
-                     keys=[KeySpec.parse(f"{node_id}/k1={key}")])
+            add_peer(
+                tx,
+                node_id=node_id,
+                name="测试县",
+                url=f"http://127.0.0.1:{free_ports(1)}",
+                keys=[KeySpec.parse(f"{node_id}/k1={key}")],
+            )
     finally:
         engine.dispose()
     return node_id
 
 
-def test_a_dead_message_is_rerun_by_an_admin_and_not_by_an_operator(
-    page: Page, host: LocalNode
-) -> None:
+def test_a_dead_message_is_rerun_by_an_admin_and_not_by_an_operator(page: Page, host: LocalNode) -> None:
     peer = _unreachable_peer(host)
     sent = send(host, peer)
     message_id = sent["request_id"]
@@ -218,8 +229,9 @@ def test_an_overdue_request_is_chased_and_the_chase_is_shown(
     row = page.locator(f"#case-{late['id']}")
     expect(row.locator("td.due")).to_contain_text("已超期")
     expect(row.get_by_role("button", name="催办")).to_have_count(0)
-    refused = page.request.post(f"{host.url}/console/outgoing/cases/{late['id']}/chase",
-                                form={"csrftoken": csrf(page)})
+    refused = page.request.post(
+        f"{host.url}/console/outgoing/cases/{late['id']}/chase", form={"csrftoken": csrf(page)}
+    )
     assert refused.status == 403
 
     page.context.clear_cookies()
@@ -233,7 +245,8 @@ def test_an_overdue_request_is_chased_and_the_chase_is_shown(
     expect(row.locator(".chased")).to_contain_text(f"（{username}）")
     expect(row.get_by_role("button", name="再次催办")).to_be_visible()
     # A request that is not overdue cannot be chased.
-    early = page.request.post(f"{host.url}/console/outgoing/cases/{on_time['id']}/chase",
-                              form={"csrftoken": csrf(page)})
+    early = page.request.post(
+        f"{host.url}/console/outgoing/cases/{on_time['id']}/chase", form={"csrftoken": csrf(page)}
+    )
     assert early.status == 409
     assert "操作冲突" in early.text()

@@ -22,6 +22,7 @@ from service.db import make_engine
 from service.localnet import LocalNode, build_network, wait_for
 from service.models import Role, VerificationCase
 from service.people.schemas import ImportReport
+from service.signing import pii
 from service.sla.deadlines import SHANGHAI
 from tests.conftest import FAST, free_ports
 from tests.console.conftest import VIEWPORT, sign_in
@@ -69,7 +70,8 @@ def cases_about(node: LocalNode, number: str) -> int:
     engine = make_engine(node.database_url)
     try:
         with Session(engine) as session:
-            query = select(func.count()).where(VerificationCase.subject_id_number == number)
+            index = pii.blind_index(number, pii.ID_NUMBER)  # the number is stored encrypted
+            query = select(func.count()).where(VerificationCase.subject_id_number_index == index)
             return session.exec(query).one()
     finally:
         engine.dispose()
@@ -124,7 +126,7 @@ def test_an_upload_shows_counts_the_bad_row_and_its_csv(page: Page, host: LocalN
     assert bad not in text
 
     # Stored: the good rows are found by number.
-    found = host.api("GET", "/api/v1/people", params={"id_number": good1}).json()
+    found = host.api("POST", "/api/v1/people/search", json={"id_number": good1}).json()
     assert found["total"] == 1
 
 
@@ -151,7 +153,7 @@ def test_without_javascript_the_plain_form_uploads_and_a_dry_run_stores_nothing(
         expect(page.get_by_role("heading", level=1)).to_have_text("导入结果（试导入，未入库）")
         expect(page.locator("[data-count=stored]")).to_have_text("1")
         expect(page.get_by_role("status")).to_have_text("所有行均通过校验。")
-        assert host.api("GET", "/api/v1/people", params={"id_number": number}).json()["total"] == 0
+        assert host.api("POST", "/api/v1/people/search", json={"id_number": number}).json()["total"] == 0
     finally:
         context.close()
 
@@ -163,7 +165,7 @@ def test_an_unreadable_file_is_refused_in_chinese(page: Page, host: LocalNode) -
         {"name": "x.csv", "mimeType": "text/csv", "buffer": "编号,姓名\n1,2\n".encode()}
     )
     page.get_by_role("button", name="上传并导入").click()
-    expect(page.locator("#import-errors")).to_contain_text("列“编号”不是可识别的列名")
+    expect(page.locator("#import-errors")).to_contain_text("第 1 列不是可识别的列名")
     expect(page).to_have_url(f"{host.url}/console/people/import")
     # The form came back in place (the script's answer): it uploads again.
     page.get_by_label("名单文件").set_input_files(
@@ -315,7 +317,7 @@ def test_a_lookup_at_the_origin_shows_the_signed_answer_and_offers_the_query_onc
 ) -> None:
     number, name = new_number(), a_name()
     married = {"marital_status": "first_marriage", "marriage_date": f"{int(number[6:10]) + 24}-05-01"}
-    register(origin, number, name, origin_node="411627", **married)  # holds her 婚育证明 at her origin
+    at_origin = register(origin, number, name, origin_node="411627", **married)  # holds her 婚育证明
     arrived = (utcnow().astimezone(SHANGHAI).date() - timedelta(days=30)).isoformat()
     person_id = register(host, number, name, arrived_on=arrived, marital_status="remarried",
                          marriage_date=married["marriage_date"])  # fmt: skip
@@ -356,20 +358,40 @@ def test_a_lookup_at_the_origin_shows_the_signed_answer_and_offers_the_query_onc
     expect(checks.first).to_contain_text("已发协查")
     wait_for(lambda: cases_about(origin, number) == 1)  # the origin got the 协查, once
 
+    # Her origin's page says who looked her up, and why it answered.
+    sign_in(page, origin, Role.operator)
+    page.goto(f"{origin.url}/console/people/{at_origin}")
+    looked_up = page.locator("#looked-up tbody tr")
+    expect(looked_up).to_have_count(1)
+    expect(looked_up.first).to_contain_text("410105")
+    expect(looked_up.first).to_contain_text("居住地查验")
+    expect(looked_up.first).to_contain_text("登记的现居住地")
+    expect(looked_up.first).to_contain_text("已答复（查到）")
 
-def test_a_lookup_by_id_number_in_a_form_for_someone_not_registered_here(page: Page, host: LocalNode) -> None:
-    number = new_number()  # unknown at the origin too
+
+def test_a_lookup_by_id_number_in_a_form_for_someone_not_registered_here(
+    page: Page, host: LocalNode, origin: LocalNode
+) -> None:
+    number, name = new_number(), a_name()
+    register(origin, number, name, origin_node="411627")  # her origin holds her, with her host
     seen: list[Request] = []
     page.on("request", lambda r: seen.append(r))
     sign_in(page, host, Role.supervisor)
     page.goto(f"{host.url}/console/people")
     page.locator("#lookup-id-number").fill(number)
-    page.locator("#lookup-name").fill(a_name())
+    page.locator("#lookup-name").fill("王" + name)  # not her name: nothing found
     page.get_by_role("button", name="向户籍地查验").click()
     expect(page.locator("#found")).to_contain_text("未查到电子婚育证明")
     expect(page.locator("#keyid")).to_have_text("411627/k1")
     expect(page.get_by_role("button", name="发出婚育证明核实协查")).to_be_visible()
     assert all(number not in r.url for r in seen)
+
+    # Someone this county has no standing for (unknown at her origin, never notified): refused.
+    page.goto(f"{host.url}/console/people")
+    page.locator("#lookup-id-number").fill(new_number())
+    page.locator("#lookup-name").fill(a_name())
+    page.get_by_role("button", name="向户籍地查验").click()
+    expect(page.locator("#lookup-errors")).to_contain_text("户籍地拒绝查验")
 
     page.goto(f"{host.url}/console/people")
     page.locator("#lookup-id-number").fill("410105" + number[6:17] + "0")  # this county: nothing to ask

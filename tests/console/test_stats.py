@@ -125,7 +125,8 @@ def test_the_monthly_report_matches_the_staff_api_and_downloads_as_xlsx_and_csv(
     expect(page.get_by_role("heading", level=1)).to_have_text(f"{month} 流动人口信息交换月报")
     api = host.api("GET", f"/api/v1/reports/{month}").json()
     total = next(
-        r for r in api["rows"]
+        r
+        for r in api["rows"]
         if (r["metric"], r["direction"], r["dimension"]) == ("feedback_rate", "incoming", "all")
     )
     row = page.locator("figure.chart-figure").first.locator("tbody tr", has_text="协查信息反馈率（应答方）")

@@ -52,6 +52,7 @@ from service.signing.keys import public_key_from_text, public_key_text
 from service.sla.deadlines import SHANGHAI
 from tests import vectors
 from tests.conftest import FAST, PG_ENV, backend_urls, free_port
+from tests.signing.bound import binding_of
 from tests.vectors import generate
 
 HOST = "411627"  # the node under test (太康县)
@@ -219,7 +220,10 @@ class Target:
             rows = conn.execute(text("SELECT message_id FROM inbox_message")).scalars()
             return set(rows) & set(message_ids)
 
-    def verify(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+    def verify(
+        self, status: int, body: bytes, headers: list[tuple[str, str]], request: httpx.Request
+    ) -> None:
+        """A valid signature of the node, bound to ``request`` (the batch, or a single request)."""
         verify_response(
             status=status,
             headers=headers,
@@ -227,6 +231,7 @@ class Target:
             resolve_key=lambda keyid: self.public_key if keyid == self.keyid else None,
             expected_node=HOST,
             now=utcnow(),
+            request=binding_of(request),
         )
 
     def send(self, *items: bytes | str) -> list[tuple[int, dict[str, Any]]]:
@@ -235,7 +240,7 @@ class Target:
         response = self.post(BATCH, body)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/json"
-        self.verify(200, response.content, response.headers.multi_items())
+        self.verify(200, response.content, response.headers.multi_items(), response.request)
         results = response.json()["results"]
         assert len(results) == len(items)
         answers = []
@@ -252,6 +257,7 @@ class Target:
                     ("Signature-Input", result["signature_input"]),
                     ("Signature", result["signature"]),
                 ],
+                response.request,  # each item bound, as the whole answer, to the batch request
             )
             assert not any(value in result["body"] for value in PII), "an answer echoes personal data"
             answers.append((status, json.loads(answer)))
@@ -263,7 +269,7 @@ class Target:
         response = self.post(BATCH, body, headers)
         assert response.status_code == status, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        self.verify(status, response.content, response.headers.multi_items())
+        self.verify(status, response.content, response.headers.multi_items(), response.request)
         assert response.json()["code"] == code
         assert self.counts() == before
 
@@ -391,7 +397,7 @@ def test_a_receipt_is_the_single_endpoints_receipt(target: Target) -> None:
     assert (status, by_batch["status"]) == (202, "accepted")
     alone = target.post(REQUESTS, canonical(first))
     assert alone.status_code == 200
-    target.verify(200, alone.content, alone.headers.multi_items())
+    target.verify(200, alone.content, alone.headers.multi_items(), alone.request)
     assert alone.json() == by_batch | {"status": "duplicate"}
     # Alone first, then through a batch: the batch answers the first delivery's receipt.
     single = target.post(NOTIFICATIONS, canonical(second))

@@ -50,6 +50,7 @@ from tests.exchange.test_delivery_e2e import (
     thaw,
     thawed_at_exit,
 )
+from tests.signing.bound import stored_binding
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +161,7 @@ def assert_stored_once_with_signed_receipts(sender: LocalNode, receiver: LocalNo
             resolve_key=lambda k: key if k == keyid else None,
             expected_node=receiver.node_id,
             now=row.delivered_at or utcnow(),
+            request=stored_binding(sender.database_url, message_id),  # the batch that carried it
         )
     # The receipt hook ran for each: the sender's 通报 has the receiver's received_at and due_at.
     mine = {n.message_id: n for n in notifications(sender, Direction.outgoing)}

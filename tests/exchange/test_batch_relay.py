@@ -35,7 +35,13 @@ from service.exchange.envelope import canonical_json, receipt_body
 from service.exchange.outbox import enqueue
 from service.exchange.relay import Relay
 from service.models import OutboxMessage, OutboxStatus, Peer, PeerKey
-from service.signing.http import content_digest, sign_response, verify_request, verify_response
+from service.signing.http import (
+    RequestBinding,
+    content_digest,
+    sign_response,
+    verify_request,
+    verify_response,
+)
 from service.signing.keys import public_key_text
 from service.signing.node import NodeSigner
 
@@ -149,7 +155,20 @@ def node_info(batch_limits: dict[str, int] | None = None, node_id: str = PEER) -
 BATCH_OK = {"max_items": 1000, "max_body_bytes": 1024 * 1024}
 
 
-def signed(world: World, status: int, body: bytes, content_type: str = "application/json") -> httpx.Response:
+def bound(request: httpx.Request) -> RequestBinding | None:
+    """What an answer to ``request`` is bound to (docs/protocol.md section 6.1)."""
+    return RequestBinding.of_request(request.url.raw_path.decode("ascii"), request.headers.multi_items())
+
+
+def signed(
+    world: World,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    *,
+    request: httpx.Request,
+) -> httpx.Response:
+    """The peer's signed answer to ``request`` (bound to it, as every peer answer is)."""
     headers = sign_response(
         status=status,
         body=body,
@@ -157,8 +176,14 @@ def signed(world: World, status: int, body: bytes, content_type: str = "applicat
         keyid=PEER_KEYID,
         created=utcnow(),
         content_type=content_type,
+        request=bound(request),
     )
     return httpx.Response(status, content=body, headers=headers)
+
+
+def answering_with(world: World, status: int, body: bytes, content_type: str = "application/json") -> Any:
+    """A respx side effect: this answer, signed for each request it answers."""
+    return lambda request: signed(world, status, body, content_type, request=request)
 
 
 def receipt_for(message: bytes, status: str = "accepted") -> bytes:
@@ -204,6 +229,7 @@ def batch_answer(
                 keyid=PEER_KEYID,
                 created=utcnow(),
                 content_type=content_type,
+                request=bound(request),
             )
             results.append(
                 {
@@ -214,13 +240,13 @@ def batch_answer(
                     "signature": headers["Signature"],
                 }
             )
-        return signed(world, 200, canonical_json({"results": results}))
+        return signed(world, 200, canonical_json({"results": results}), request=request)
 
     return respond
 
 
 def single_receipt(world: World) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: signed(world, 202, receipt_for(request.content))
+    return lambda request: signed(world, 202, receipt_for(request.content), request=request)
 
 
 # --- the item signer and verifier ---------------------------------------------------------------------
@@ -317,6 +343,7 @@ def test_a_peer_that_advertises_batches_gets_them(world: World, peer: respx.Rout
         resolve_key=lambda keyid: world.signer.private_key.public_key() if keyid == f"{ME}/k1" else None,
         now=utcnow(),
     )
+    sent = {json.loads(call.request.content)["message_id"]: call.request for call in singles.calls}
     for message_id in ids:
         row = world.row(message_id)
         assert (row.status, row.attempts, row.receipt_status) == (OutboxStatus.delivered, 1, 202)
@@ -335,6 +362,7 @@ def test_a_peer_that_advertises_batches_gets_them(world: World, peer: respx.Rout
             resolve_key=lambda keyid: world.peer_key.public_key() if keyid == PEER_KEYID else None,
             expected_node=PEER,
             now=utcnow(),
+            request=bound(sent.get(message_id, request)),  # bound to the request that carried it
         )
     assert world.hook.call_count == 30
     # One message due: a single request, even to a peer that takes batches.
@@ -454,14 +482,14 @@ def test_a_batch_answer_that_is_not_one_retries_every_item(world: World, peer: r
     relay = _batching_relay(world, peer)
     answers = iter(
         [
-            httpx.Response(
+            lambda _request: httpx.Response(
                 200, content=b'{"results":[]}', headers={"Content-Type": "application/json"}
             ),  # unsigned
-            signed(world, 200, b'{"results":[]}'),  # signed, but one result short
-            signed(world, 200, b"[]"),
+            answering_with(world, 200, b'{"results":[]}'),  # signed, but one result short
+            answering_with(world, 200, b"[]"),
         ]
     )
-    peer.post(BATCH).mock(side_effect=lambda _request: next(answers))
+    peer.post(BATCH).mock(side_effect=lambda request: next(answers)(request))
     ids = world.enqueue(3)
     for expected in ("response not accepted", "does not validate", "does not validate"):
         clock.advance(timedelta(seconds=CAP))
@@ -475,9 +503,13 @@ def test_a_batch_answer_that_is_not_one_retries_every_item(world: World, peer: r
 
 def test_retry_after_on_a_batch_holds_every_item_and_the_peer(world: World, peer: respx.Router) -> None:
     relay = _batching_relay(world, peer)
-    busy = signed(world, 503, problem(503, "busy"), "application/problem+json")
-    busy.headers["Retry-After"] = "45"
-    route = peer.post(BATCH).mock(return_value=busy)
+
+    def busy(request: httpx.Request) -> httpx.Response:
+        response = signed(world, 503, problem(503, "busy"), "application/problem+json", request=request)
+        response.headers["Retry-After"] = "45"
+        return response
+
+    route = peer.post(BATCH).mock(side_effect=busy)
     ids = world.enqueue(5)
     assert run_once(relay) == 5
     assert route.call_count == 1
@@ -505,7 +537,7 @@ def test_a_batch_refused_as_a_whole_goes_again_singly_at_no_cost(
 ) -> None:
     relay = _batching_relay(world, peer)
     route = peer.post(BATCH).mock(
-        return_value=signed(world, status, problem(status, code), "application/problem+json")
+        side_effect=answering_with(world, status, problem(status, code), "application/problem+json")
     )
     ids = world.enqueue(5)
     assert run_once(relay) == 5

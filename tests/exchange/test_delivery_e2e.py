@@ -25,6 +25,7 @@ from service.models import InboxMessage, OutboxMessage, OutboxStatus, Verificati
 from service.signing.http import content_digest, verify_response
 from service.signing.keys import public_key_from_text
 from tests.conftest import NetworkFactory
+from tests.signing.bound import stored_binding
 
 SUBJECT = {"id_number": "411627199503080024", "name": "王秀英", "sex": "F", "birth_date": "1995-03-08"}
 CASES = "/api/v1/verification-requests"
@@ -102,7 +103,9 @@ def case_rows(node: LocalNode) -> list[VerificationCase]:
         return list(session.exec(select(VerificationCase)).all())
 
 
-def assert_signed_receipt(row: OutboxMessage, receiver: LocalNode, status: int, kind: str) -> None:
+def assert_signed_receipt(
+    row: OutboxMessage, receiver: LocalNode, status: int, kind: str, sender: LocalNode
+) -> None:
     """The stored receipt is the receiver's signed evidence for this very message and body."""
     assert row.status == OutboxStatus.delivered
     assert row.receipt_status == status
@@ -125,6 +128,7 @@ def assert_signed_receipt(row: OutboxMessage, receiver: LocalNode, status: int, 
         resolve_key=lambda k: public_key_from_text(public_key) if k == keyid else None,
         expected_node=receiver.node_id,
         now=row.delivered_at,
+        request=stored_binding(sender.database_url, row.message_id),  # the attempt it answers (evidence log)
     )
 
 
@@ -240,7 +244,7 @@ def test_peer_down_at_send_time_gets_the_message_once_it_is_back(network: Networ
     row = outbox_rows(jinshui)[request_id]
     assert row.attempts > 1
     assert row.last_error is None
-    assert_signed_receipt(row, taikang, 202, "accepted")
+    assert_signed_receipt(row, taikang, 202, "accepted", jinshui)
     assert_exactly_once(jinshui, taikang, [request_id])
     (incoming,) = inbox_rows(taikang)
     assert incoming.digest == row.digest
@@ -293,9 +297,9 @@ def test_sender_killed_between_send_and_record_loses_and_duplicates_nothing(
     for message_id in duplicates:
         assert before[message_id].lease_owner is not None
         assert rows[message_id].attempts == 2
-        assert_signed_receipt(rows[message_id], taikang, 200, "duplicate")
+        assert_signed_receipt(rows[message_id], taikang, 200, "duplicate", jinshui)
     for message_id in set(sent) - duplicates:
-        assert_signed_receipt(rows[message_id], taikang, 202, "accepted")
+        assert_signed_receipt(rows[message_id], taikang, 202, "accepted", jinshui)
 
 
 def test_receiver_killed_mid_run_loses_and_duplicates_nothing(network: NetworkFactory) -> None:
@@ -333,7 +337,7 @@ def test_receiver_killed_mid_run_loses_and_duplicates_nothing(network: NetworkFa
     rows = outbox_rows(jinshui)
     for message_id in rest:
         assert rows[message_id].attempts >= 2  # failed while the receiver was down, then delivered
-        assert_signed_receipt(rows[message_id], taikang, 202, "accepted")
+        assert_signed_receipt(rows[message_id], taikang, 202, "accepted", jinshui)
 
 
 # --- c: the retry budget, dead messages, and an administrator's re-run ------------------------
@@ -385,4 +389,4 @@ def test_dead_message_is_rerun_by_an_admin_and_delivered_once(sqlite_network: Ne
     rows = outbox_rows(jinshui)
     for message_id in (one, two):
         assert rows[message_id].attempts == 1  # a fresh budget, used once
-        assert_signed_receipt(rows[message_id], taikang, 202, "accepted")
+        assert_signed_receipt(rows[message_id], taikang, 202, "accepted", jinshui)

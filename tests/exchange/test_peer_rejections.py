@@ -35,6 +35,7 @@ from service.signing.http import REQUEST_COMPONENTS, content_digest, new_nonce, 
 from service.signing.keys import public_key_from_text, public_key_text
 from service.sla.deadlines import SHANGHAI
 from tests.conftest import FAST, PG_ENV, backend_urls, free_port
+from tests.signing.bound import binding_of
 
 HOST = "411627"  # the node under test (太康县)
 NOWHERE = "http://127.0.0.1:9"  # the fake peers' URL: nothing listens there
@@ -230,6 +231,7 @@ class Target:
             resolve_key=lambda keyid: self.public_key if keyid == self.keyid else None,
             expected_node=HOST,
             now=utcnow(),
+            request=binding_of(response.request),  # bound to the request it answers
         )
 
     def log_text(self) -> str:
@@ -498,9 +500,7 @@ def test_wrong_signature_parameters(target: Target, params: dict[str, Any]) -> N
 )
 def test_unknown_or_expired_key(target: Target, keyid: str, key: Ed25519PrivateKey) -> None:
     body = canonical(envelope())
-    headers = sign_request(
-        method="POST", path=REQUESTS, body=body, key=key, keyid=keyid, created=utcnow()
-    )
+    headers = sign_request(method="POST", path=REQUESTS, body=body, key=key, keyid=keyid, created=utcnow())
     target.refused(REQUESTS, body, headers, 401, "unknown_key")
 
 

@@ -34,7 +34,13 @@ from service.exchange.envelope import canonical_json, receipt_body
 from service.exchange.outbox import enqueue
 from service.exchange.relay import Attempt, Relay, backoff_delay
 from service.models import OutboxMessage, OutboxStatus, Peer, PeerKey
-from service.signing.http import content_digest, sign_response, verify_request, verify_response
+from service.signing.http import (
+    RequestBinding,
+    content_digest,
+    sign_response,
+    verify_request,
+    verify_response,
+)
 from service.signing.keys import public_key_text
 from service.signing.node import NodeSigner
 from tests.conftest import PostgresServer
@@ -167,15 +173,29 @@ def peer() -> Iterator[respx.Router]:
 # --- what the peer answers -----------------------------------------------------------------------
 
 
+def bound(request: httpx.Request) -> RequestBinding | None:
+    """What an answer to ``request`` is bound to (docs/protocol.md section 6.1)."""
+    return RequestBinding.of_request(request.url.raw_path.decode("ascii"), request.headers.multi_items())
+
+
 def signed(
     status: int,
     body: bytes,
     key: Ed25519PrivateKey,
     keyid: str = PEER_KEYID,
     content_type: str = "application/json",
+    *,
+    request: httpx.Request,
 ) -> httpx.Response:
+    """The peer's signed answer to ``request`` (bound to it, as every peer answer is)."""
     headers = sign_response(
-        status=status, body=body, key=key, keyid=keyid, created=utcnow(), content_type=content_type
+        status=status,
+        body=body,
+        key=key,
+        keyid=keyid,
+        created=utcnow(),
+        content_type=content_type,
+        request=bound(request),
     )
     return httpx.Response(status, content=body, headers=headers)
 
@@ -202,12 +222,13 @@ Answer = Callable[[World, httpx.Request], httpx.Response]
 
 
 def accepted(world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request), world.peer_key)
+    return signed(202, receipt(request), world.peer_key, request=request)
 
 
 def rejected(status: int, code: str) -> Answer:
-    def answer(world: World, _request: httpx.Request) -> httpx.Response:
-        return signed(status, problem(status, code), world.peer_key, content_type="application/problem+json")
+    def answer(world: World, request: httpx.Request) -> httpx.Response:
+        body = problem(status, code)
+        return signed(status, body, world.peer_key, content_type="application/problem+json", request=request)
 
     return answer
 
@@ -264,6 +285,7 @@ def test_signed_receipt_is_delivered_and_kept(world: World, peer: respx.Router) 
         resolve_key=lambda keyid: world.peer_key.public_key() if keyid == PEER_KEYID else None,
         expected_node=PEER,
         now=utcnow(),
+        request=bound(sent),  # with the request it answers (its signature is in the evidence log)
     )
     # The domain hook ran once, with the stored row and the parsed receipt.
     world.hook.assert_called_once()
@@ -281,7 +303,9 @@ def test_signed_receipt_is_delivered_and_kept(world: World, peer: respx.Router) 
 
 def test_duplicate_receipt_also_delivers(world: World, peer: respx.Router) -> None:
     """A 200 "duplicate" (the peer had it from an attempt whose receipt we lost) is a delivery too."""
-    peer.post(URL).mock(side_effect=lambda r: signed(200, receipt(r, status="duplicate"), world.peer_key))
+    peer.post(URL).mock(
+        side_effect=lambda r: signed(200, receipt(r, status="duplicate"), world.peer_key, request=r)
+    )
     (message_id,) = world.enqueue()
     run_once(world.relay())
     row = world.row(message_id)
@@ -298,31 +322,36 @@ def unsigned(_world: World, request: httpx.Request) -> httpx.Response:
 
 
 def for_another_message(world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request, message_id="0190f3c2-7d4e-7a31-9c55-2b1f0e6a4d10"), world.peer_key)
+    return signed(
+        202,
+        receipt(request, message_id="0190f3c2-7d4e-7a31-9c55-2b1f0e6a4d10"),
+        world.peer_key,
+        request=request,
+    )
 
 
 def for_another_body(world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request, digest=content_digest(b"{}")), world.peer_key)
+    return signed(202, receipt(request, digest=content_digest(b"{}")), world.peer_key, request=request)
 
 
-def not_a_receipt(world: World, _request: httpx.Request) -> httpx.Response:
-    return signed(202, b'{"ok":true}', world.peer_key)
+def not_a_receipt(world: World, request: httpx.Request) -> httpx.Response:
+    return signed(202, b'{"ok":true}', world.peer_key, request=request)
 
 
 def signed_by_unknown_key(_world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request), Ed25519PrivateKey.generate(), keyid=f"{PEER}/k9")
+    return signed(202, receipt(request), Ed25519PrivateKey.generate(), keyid=f"{PEER}/k9", request=request)
 
 
 def signed_by_wrong_key(_world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request), Ed25519PrivateKey.generate())
+    return signed(202, receipt(request), Ed25519PrivateKey.generate(), request=request)
 
 
 def signed_by_another_node(world: World, request: httpx.Request) -> httpx.Response:
-    return signed(202, receipt(request), world.other_key, keyid=f"{OTHER}/k1")
+    return signed(202, receipt(request), world.other_key, keyid=f"{OTHER}/k1", request=request)
 
 
 def body_changed_after_signing(world: World, request: httpx.Request) -> httpx.Response:
-    good = signed(202, receipt(request), world.peer_key)
+    good = signed(202, receipt(request), world.peer_key, request=request)
     forged = receipt(request, due_at=utcnow() + timedelta(days=365))
     return httpx.Response(202, content=forged, headers=good.headers)
 
@@ -336,6 +365,7 @@ def signature_too_old(world: World, request: httpx.Request) -> httpx.Response:
         keyid=PEER_KEYID,
         created=utcnow() - timedelta(hours=1),
         content_type="application/json",
+        request=bound(request),
     )
     return httpx.Response(202, content=body, headers=headers)
 
@@ -635,7 +665,9 @@ def test_late_relay_after_lease_expiry_does_not_record_twice(world: World, peer:
 
 
 def other_accepts(world: World) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: signed(202, receipt(request), world.other_key, keyid=f"{OTHER}/k1")
+    return lambda request: signed(
+        202, receipt(request), world.other_key, keyid=f"{OTHER}/k1", request=request
+    )
 
 
 def test_one_claim_takes_at_most_the_per_peer_limit_of_each_peer(world: World) -> None:
@@ -714,10 +746,10 @@ def test_a_signed_refusal_does_not_count_against_the_peer(world: World, peer: re
 
 
 def with_retry_after(status: int, value: str, *, sign: bool = True) -> Answer:
-    def answer(world: World, _request: httpx.Request) -> httpx.Response:
+    def answer(world: World, request: httpx.Request) -> httpx.Response:
         body, content_type = problem(status, "busy"), "application/problem+json"
         if sign:
-            response = signed(status, body, world.peer_key, content_type=content_type)
+            response = signed(status, body, world.peer_key, content_type=content_type, request=request)
         else:
             response = httpx.Response(status, content=body, headers={"Content-Type": content_type})
         response.headers["Retry-After"] = value

@@ -217,7 +217,7 @@ def test_a_peer_that_dribbles_or_never_answers_holds_up_nobody(network: NetworkF
         # Sent to the healthy peer once each, with its signed receipt.
         assert sorted(m.message_id for m in inbox_rows(taikang)) == sorted(good)
         for message_id in good:
-            assert_signed_receipt(rows[message_id], taikang, 202, "accepted")
+            assert_signed_receipt(rows[message_id], taikang, 202, "accepted", jinshui)
 
         # Healed: the circuit's next probe gets through, and the rest follow.
         proxy.healed = True
@@ -236,5 +236,5 @@ def test_a_peer_that_dribbles_or_never_answers_holds_up_nobody(network: NetworkF
     rows = outbox_rows(jinshui)
     for message_id in bad:
         kind = "duplicate" if rows[message_id].receipt_status == 200 else "accepted"
-        assert_signed_receipt(rows[message_id], yangpu, rows[message_id].receipt_status or 0, kind)
+        assert_signed_receipt(rows[message_id], yangpu, rows[message_id].receipt_status or 0, kind, jinshui)
     assert any(rows[m].receipt_status == 200 for m in bad)  # a dribbled attempt had reached it

@@ -50,8 +50,10 @@ def import_while_asking(
         thread.join(0.5)  # let the upload arrive and the import start
         wrote = dry_run
         while thread.is_alive():
-            for path in ("/api/v1/people?name=人7", "/api/v1/verification-requests"):
-                status = node.api("GET", path).status_code
+            for method, path in (("POST", "/api/v1/people/search"), ("GET", "/api/v1/verification-requests")):
+                status = node.api(
+                    method, path, json={"name": "人7"} if method == "POST" else None
+                ).status_code
                 if thread.is_alive():
                     during.append(status)
             if not wrote:  # one write of its own while the import writes

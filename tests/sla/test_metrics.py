@@ -32,8 +32,9 @@ def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
 
 
 def messages(node: LocalNode, message_type: str, direction: str, outcome: str) -> float:
-    return value(scrape(node), "yipanqi_peer_messages_total", type=message_type, direction=direction,
-                 outcome=outcome)
+    return value(
+        scrape(node), "yipanqi_peer_messages_total", type=message_type, direction=direction, outcome=outcome
+    )
 
 
 def find(node: LocalNode, request_id: str) -> dict[str, Any] | None:
@@ -44,39 +45,74 @@ def find(node: LocalNode, request_id: str) -> dict[str, Any] | None:
 @pytest.mark.slow
 def test_metrics_count_the_traffic_and_the_sweeps_make_notices(sqlite_network: NetworkFactory) -> None:
     jinshui, taikang = sqlite_network()
-    body = {"recipient": taikang.node_id, "subject": SUBJECT, "topic": "marital_status",
-            "question": "请核实该对象婚育情况。"}
+    body = {
+        "recipient": taikang.node_id,
+        "subject": SUBJECT,
+        "topic": "marital_status",
+        "question": "请核实该对象婚育情况。",
+    }
     created = jinshui.api("POST", "/api/v1/verification-requests", json=body)
     assert created.status_code == 201, created.text
     request_id = created.json()["request_id"]
     incoming = wait_for(lambda: find(taikang, request_id))
     # An interim answer far past the deadline: recorded and shown, the deadline stays.
-    ack = taikang.api("POST", f"/api/v1/verification-requests/{incoming['id']}/ack",
-                      json={"promised_by": "2030-01-31"})
+    ack = taikang.api(
+        "POST", f"/api/v1/verification-requests/{incoming['id']}/ack", json={"promised_by": "2030-01-31"}
+    )
     assert ack.status_code == 200, ack.text
     asked = wait_for(lambda: (c := find(jinshui, request_id)) and c["status"] == "acknowledged" and c)
     assert asked["due_at"] == incoming["due_at"]
     # A request that is not signed is rejected (and counted).
-    unsigned = httpx.post(f"{taikang.url}/peer/v1/verification-requests", content=b"{}",
-                          headers={"content-type": "application/json"}, timeout=10)
+    unsigned = httpx.post(
+        f"{taikang.url}/peer/v1/verification-requests",
+        content=b"{}",
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
     assert unsigned.status_code == 401
 
     # The answering side: the request came in, its ack went out.
     wait_for(lambda: messages(taikang, "verification.ack", "outgoing", "delivered") == 1)
     on_taikang = scrape(taikang)
-    assert value(on_taikang, "yipanqi_peer_messages_total", type="verification.request",
-                 direction="incoming", outcome="accepted") == 1
-    assert value(on_taikang, "yipanqi_peer_messages_total", type="verification.request",
-                 direction="incoming", outcome="rejected") == 1
+    assert (
+        value(
+            on_taikang,
+            "yipanqi_peer_messages_total",
+            type="verification.request",
+            direction="incoming",
+            outcome="accepted",
+        )
+        == 1
+    )
+    assert (
+        value(
+            on_taikang,
+            "yipanqi_peer_messages_total",
+            type="verification.request",
+            direction="incoming",
+            outcome="rejected",
+        )
+        == 1
+    )
     assert value(on_taikang, "yipanqi_delivery_latency_seconds_count", type="verification.ack") == 1
     # The asking side: the mirror image.
     wait_for(lambda: messages(jinshui, "verification.request", "outgoing", "delivered") == 1)
     on_jinshui = scrape(jinshui)
-    assert value(on_jinshui, "yipanqi_peer_messages_total", type="verification.ack", direction="incoming",
-                 outcome="accepted") == 1
+    assert (
+        value(
+            on_jinshui,
+            "yipanqi_peer_messages_total",
+            type="verification.ack",
+            direction="incoming",
+            outcome="accepted",
+        )
+        == 1
+    )
     assert value(on_jinshui, "yipanqi_delivery_latency_seconds_count", type="verification.request") == 1
-    assert value(on_jinshui, "yipanqi_delivery_latency_seconds_bucket", type="verification.request",
-                 le="+Inf") == 1
+    assert (
+        value(on_jinshui, "yipanqi_delivery_latency_seconds_bucket", type="verification.request", le="+Inf")
+        == 1
+    )
     for metrics in (on_taikang, on_jinshui):
         assert value(metrics, "yipanqi_metrics_database_up") == 1
         assert value(metrics, "yipanqi_relay_queue_depth") == 0
@@ -87,10 +123,13 @@ def test_metrics_count_the_traffic_and_the_sweeps_make_notices(sqlite_network: N
     # the month of its deadline (24:00 of a day in Shanghai), none is answered yet.
     month = next(dict(labels)["month"] for name, labels in on_taikang if name == "yipanqi_rate_denominator")
     due_month = (datetime.fromisoformat(incoming["due_at"]) - timedelta(microseconds=1)).astimezone(SHANGHAI)
-    assert value(on_taikang, "yipanqi_rate_denominator", metric="feedback_rate", direction="incoming",
-                 month=month) == (1 if due_month.strftime("%Y-%m") == month else 0)
-    assert value(on_taikang, "yipanqi_rate_numerator", metric="feedback_rate", direction="incoming",
-                 month=month) == 0
+    assert value(
+        on_taikang, "yipanqi_rate_denominator", metric="feedback_rate", direction="incoming", month=month
+    ) == (1 if due_month.strftime("%Y-%m") == month else 0)
+    assert (
+        value(on_taikang, "yipanqi_rate_numerator", metric="feedback_rate", direction="incoming", month=month)
+        == 0
+    )
     ready = httpx.get(f"{taikang.url}/readyz", timeout=10).json()
     assert ready["checks"]["scheduler"] == "ok"
     assert taikang.api("GET", "/api/v1/notices").json()["total"] == 0
@@ -126,6 +165,14 @@ def test_metrics_count_the_traffic_and_the_sweeps_make_notices(sqlite_network: N
     assert value(later, "yipanqi_unread_notices", role="operator", kind="overdue") == 1
     assert value(later, "yipanqi_unread_notices", role="supervisor", kind="escalation") == 0
     # Counters are per process: the restarted node starts again from zero.
-    assert value(later, "yipanqi_peer_messages_total", type="verification.request", direction="incoming",
-                 outcome="accepted") == 0
+    assert (
+        value(
+            later,
+            "yipanqi_peer_messages_total",
+            type="verification.request",
+            direction="incoming",
+            outcome="accepted",
+        )
+        == 0
+    )
     assert httpx.get(f"{taikang.url}/readyz", timeout=10).json()["checks"]["scheduler"] == "ok"

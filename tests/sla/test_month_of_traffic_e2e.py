@@ -81,12 +81,24 @@ def test_october_rates_on_both_sides(network: NetworkFactory) -> None:
     nodes = [host, origin]
     move_to(nodes, "2026-10-01T10:00")
     for name, (priority, key_target) in REQUESTS.items():
-        body = {"recipient": origin.node_id, "subject": SUBJECT, "topic": "marital_status",
-                "priority": priority, "key_target": key_target, "question": "请核实。", "reference": name}
+        body = {
+            "recipient": origin.node_id,
+            "subject": SUBJECT,
+            "topic": "marital_status",
+            "priority": priority,
+            "key_target": key_target,
+            "question": "请核实。",
+            "reference": name,
+        }
         assert host.api("POST", "/api/v1/verification-requests", json=body).status_code == 201
     details = {"birth_date": "2026-09-28", "birth_order": 1, "sex": "F", "birth_registered": True}
-    notification = {"recipient": origin.node_id, "subject": SUBJECT, "kind": "birth",
-                    "occurred_on": "2026-09-28", "details": details}
+    notification = {
+        "recipient": origin.node_id,
+        "subject": SUBJECT,
+        "kind": "birth",
+        "occurred_on": "2026-09-28",
+        "details": details,
+    }
     sent = host.api("POST", "/api/v1/notifications", json=notification)
     assert sent.status_code == 201, sent.text
     for name in REQUESTS:
@@ -95,8 +107,11 @@ def test_october_rates_on_both_sides(network: NetworkFactory) -> None:
         expected_due = "2026-10-16T16:00:00Z" if days == 15 else "2026-10-31T16:00:00Z"
         assert delivered["due_at"].replace("+00:00", "Z") == expected_due
     reply(origin, host, "R1")
-    ack = origin.api("POST", f"/api/v1/verification-requests/{case(origin, 'R2')['id']}/ack",
-                     json={"promised_by": "2026-10-25"})
+    ack = origin.api(
+        "POST",
+        f"/api/v1/verification-requests/{case(origin, 'R2')['id']}/ack",
+        json={"promised_by": "2026-10-25"},
+    )
     assert ack.status_code == 200, ack.text
 
     move_to(nodes, "2026-10-16T20:00")

@@ -196,8 +196,12 @@ def test_cli_report_table_csv_and_bad_month(sqlite_network: NetworkFactory, tmp_
     _token(node, Role.operator)
     env = {k: v for k, v in os.environ.items() if not k.startswith("YIPANQI_")}
     env.update(
-        {"YIPANQI_DATA_DIR": str(node.data_dir), "YIPANQI_DATABASE_URL": node.database_url, "COLUMNS": "200",
-         **NOVEMBER}
+        {
+            "YIPANQI_DATA_DIR": str(node.data_dir),
+            "YIPANQI_DATABASE_URL": node.database_url,
+            "COLUMNS": "200",
+            **NOVEMBER,
+        }
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -219,9 +223,16 @@ def test_cli_report_table_csv_and_bad_month(sqlite_network: NetworkFactory, tmp_
 
 def _check(number: str, at: datetime) -> CertificateCheck:
     return CertificateCheck(
-        message_id=str(uuid.uuid4()), id_number=number, subject_name="某某", origin_node="411627",
-        purpose=LookupPurpose.residence_check, found=True, checked_at=at, response_body=b"{}",
-        response_signature_input="yp=()", response_signature="yp=::",
+        message_id=str(uuid.uuid4()),
+        id_number=number,
+        subject_name="某某",
+        origin_node="411627",
+        purpose=LookupPurpose.residence_check,
+        found=True,
+        checked_at=at,
+        response_body=b"{}",
+        response_signature_input="yp=()",
+        response_signature="yp=::",
     )
 
 
@@ -233,9 +244,13 @@ def test_a_month_regenerated_after_later_activity_reads_the_same(engine: Engine)
     open_accuracy = case(Direction.incoming, end_of("2026-10-28"), topic=Topic.record_accuracy)
     with Session(engine, expire_on_commit=False) as session:
         session.add_all([*traffic(), early, late, open_accuracy])
-        session.add_all([_check(early.id_number, sh("2026-04-01 10:00")),
-                         _check(early.id_number, sh("2026-10-31 23:59")),
-                         _check(late.id_number, sh("2026-05-01 10:00"))])
+        session.add_all(
+            [
+                _check(early.id_number, sh("2026-04-01 10:00")),
+                _check(early.id_number, sh("2026-10-31 23:59")),
+                _check(late.id_number, sh("2026-05-01 10:00")),
+            ]
+        )
         session.commit()
     clock.freeze(sh("2026-11-01 00:07"))
     with Session(engine) as session:
@@ -253,9 +268,13 @@ def test_a_month_regenerated_after_later_activity_reads_the_same(engine: Engine)
     newcomer = person("411627", date(1992, 5, 10), 3, host="410105", arrived_on=date(2026, 3, 1))
     with Session(engine) as session:
         session.add(newcomer)
-        session.add_all([_check(late.id_number, sh("2026-11-02 10:00")),
-                         _check(newcomer.id_number, sh("2026-11-03 10:00")),
-                         _check(newcomer.id_number, sh("2026-11-04 10:00"))])
+        session.add_all(
+            [
+                _check(late.id_number, sh("2026-11-02 10:00")),
+                _check(newcomer.id_number, sh("2026-11-03 10:00")),
+                _check(newcomer.id_number, sh("2026-11-04 10:00")),
+            ]
+        )
         stored = session.get(VerificationCase, open_accuracy.id)
         assert stored is not None
         stored.status, stored.outcome = CaseStatus.answered, Outcome.confirmed
@@ -275,19 +294,34 @@ def test_text_cells_that_look_like_formulas_are_neutralised_in_csv_and_xlsx() ->
 
     from service.sla.schemas import MonthlyReport, RateRow
 
-    values = ["=HYPERLINK(\"http://x\")", "+1", "-1", "@SUM(A1)", "\tx", "411627"]
+    values = ['=HYPERLINK("http://x")', "+1", "-1", "@SUM(A1)", "\tx", "411627"]
     rows = [
-        RateRow(metric="feedback_rate", metric_name="协查信息反馈率", direction="incoming", dimension="peer",
-                value=value, numerator=1, denominator=2, rate=0.5, target=0.96, below_target=True)
+        RateRow(
+            metric="feedback_rate",
+            metric_name="协查信息反馈率",
+            direction="incoming",
+            dimension="peer",
+            value=value,
+            numerator=1,
+            denominator=2,
+            rate=0.5,
+            target=0.96,
+            below_target=True,
+        )
         for value in values
     ]
     report = MonthlyReport(
-        month="2026-05", node_id="410105", generated_at=datetime(2026, 6, 1, 1, 0, tzinfo=UTC),
+        month="2026-05",
+        node_id="410105",
+        generated_at=datetime(2026, 6, 1, 1, 0, tzinfo=UTC),
         period_start=datetime(2026, 4, 30, 16, 0, tzinfo=UTC),
         period_end=datetime(2026, 5, 31, 16, 0, tzinfo=UTC),
-        due_by=date(2026, 6, 4), targets={"feedback_rate": 0.96}, rows=rows, below_target=len(rows),
+        due_by=date(2026, 6, 4),
+        targets={"feedback_rate": 0.96},
+        rows=rows,
+        below_target=len(rows),
     )
-    expected = ["'=HYPERLINK(\"http://x\")", "'+1", "'-1", "'@SUM(A1)", "'\tx", "411627"]
+    expected = ['\'=HYPERLINK("http://x")', "'+1", "'-1", "'@SUM(A1)", "'\tx", "411627"]
     lines = reports.to_csv(report).decode("utf-8-sig").split("\r\n")
     parsed = list(csv.reader(lines[2:-1]))
     assert [line[3] for line in parsed] == expected

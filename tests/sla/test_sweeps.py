@@ -257,8 +257,16 @@ def test_a_clock_that_jumps_never_makes_a_notice_twice(engine: Engine) -> None:
     with Session(engine) as session:
         items = [case(session), notification(session)]
         session.commit()
-    jumps = ["2026-11-18 09:00", "2026-11-10 09:00", "2026-11-19 09:00", "2026-11-23 09:00",
-             "2026-11-18 09:00", "2026-11-24 09:00", "2026-11-01 00:00", "2026-12-10 09:00"]
+    jumps = [
+        "2026-11-18 09:00",
+        "2026-11-10 09:00",
+        "2026-11-19 09:00",
+        "2026-11-23 09:00",
+        "2026-11-18 09:00",
+        "2026-11-24 09:00",
+        "2026-11-01 00:00",
+        "2026-12-10 09:00",
+    ]
     for moment in jumps:
         sweep_all(lambda: Session(engine), sh(moment), SETTINGS)
     kinds = Counter((kind, item_type, item_id) for kind, item_type, item_id, _ in notices(engine))
@@ -328,8 +336,16 @@ def test_two_replicas_sweep_together_and_handle_each_item_once(postgres: object)
     try:
         expected = _due_items(first, 120)
         handled: dict[str, list[tuple[NoticeKind, ItemRef]]] = {"a": [], "b": []}
-        moments = ["2026-11-17 09:00", "2026-11-18 09:00", "2026-11-19 09:00", "2026-11-21 09:00",
-                   "2026-11-25 09:00", "2026-11-18 09:00", "2026-11-30 09:00"]
+        moments = [
+            "2026-11-17 09:00",
+            "2026-11-18 09:00",
+            "2026-11-19 09:00",
+            "2026-11-21 09:00",
+            "2026-11-25 09:00",
+            "2026-11-18 09:00",
+            "2026-11-30 09:00",
+        ]
+
         def replica(name: str, engine: Engine, now: datetime) -> None:
             handled[name].extend(sweep_all(lambda: Session(engine), now, SETTINGS, 7).notices)
 
@@ -345,8 +361,11 @@ def test_two_replicas_sweep_together_and_handle_each_item_once(postgres: object)
             per_kind = dict(
                 session.execute(select(StaffNotice.kind, func.count()).group_by(StaffNotice.kind)).all()
             )
-            assert per_kind == {NoticeKind.reminder: expected, NoticeKind.overdue: expected,
-                                NoticeKind.escalation: expected}
+            assert per_kind == {
+                NoticeKind.reminder: expected,
+                NoticeKind.overdue: expected,
+                NoticeKind.escalation: expected,
+            }
     finally:
         first.dispose()
         second.dispose()
@@ -363,12 +382,18 @@ def test_two_replicas_claim_disjoint_outbox_rows(postgres: object) -> None:
     now = utcnow()
     with Session(first) as session:
         for n in range(150):
-            session.add(OutboxMessage(
-                message_id=f"00000000-0000-7000-a000-{n:012d}", type="verification.request",
-                recipient="411627", path="/verification-requests",
-                conversation_id=f"00000000-0000-7000-a000-{n:012d}",
-                body=b"{}", digest="sha-256=:x:", next_attempt_at=now - timedelta(seconds=1),
-            ))
+            session.add(
+                OutboxMessage(
+                    message_id=f"00000000-0000-7000-a000-{n:012d}",
+                    type="verification.request",
+                    recipient="411627",
+                    path="/verification-requests",
+                    conversation_id=f"00000000-0000-7000-a000-{n:012d}",
+                    body=b"{}",
+                    digest="sha-256=:x:",
+                    next_attempt_at=now - timedelta(seconds=1),
+                )
+            )
         session.commit()
     settings = Settings(relay_batch_size=9, relay_lease_seconds=3600)
     relays = [Relay(settings, lambda e=e: Session(e), None, {}) for e in (first, second)]  # type: ignore[arg-type, misc]
@@ -429,8 +454,11 @@ def test_notice_roles_match_kinds(engine: Engine) -> None:
     run(engine, sh("2026-11-18 09:00"))
     run(engine, sh("2026-11-22 09:00"))
     roles = {kind: role for kind, _, _, role in notices(engine)}
-    assert roles == {"reminder": Role.operator.value, "overdue": Role.operator.value,
-                     "escalation": Role.supervisor.value}
+    assert roles == {
+        "reminder": Role.operator.value,
+        "overdue": Role.operator.value,
+        "escalation": Role.supervisor.value,
+    }
 
 
 def test_remind_and_mark_overdue_are_separate_steps(engine: Engine) -> None:

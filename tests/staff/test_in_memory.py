@@ -194,3 +194,24 @@ def test_a_key_changed_elsewhere_counts_on_a_miss_or_within_the_refresh_time(
     clock.now += REFRESH
     assert keys.resolve("411627/k1", NOW) is None
     other.dispose()
+
+
+def test_a_database_outage_keeps_the_accounts_in_memory_until_it_ends(
+    engine: Engine, clock: FakeClock, tmp_path: Path
+) -> None:
+    staff_id, token = _staff(engine)
+    accounts = _accounts(engine, clock)
+    accounts.authenticate(token, "10.0.0.1")
+    db = tmp_path / "node.db"
+    moved = tmp_path / "elsewhere.db"
+    engine.dispose()
+    db.rename(moved)  # the database is gone: a reload cannot connect
+    db.mkdir()  # (a directory where the file was: SQLite cannot open it)
+    clock.now += REFRESH * 2
+    assert accounts.authenticate(token, "10.0.0.1").username == "wang.li"  # answered from memory
+    db.rmdir()
+    moved.rename(db)
+    _deactivate(engine, staff_id, through_node=False)
+    clock.now += REFRESH  # the database is back: the next refresh sees the change
+    with pytest.raises(NotAuthenticated):
+        accounts.authenticate(token, "10.0.0.1")

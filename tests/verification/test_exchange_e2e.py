@@ -14,8 +14,13 @@ NODES = [("310110", "杨浦区"), ("410105", "金水区"), ("411627", "太康县
 
 
 def send(asker: LocalNode, answerer: LocalNode, **extra: Any) -> dict[str, Any]:
-    body = {"recipient": answerer.node_id, "subject": SUBJECT, "topic": "marital_status",
-            "question": "请核实该对象婚育情况。", **extra}
+    body = {
+        "recipient": answerer.node_id,
+        "subject": SUBJECT,
+        "topic": "marital_status",
+        "question": "请核实该对象婚育情况。",
+        **extra,
+    }
     response = asker.api("POST", "/api/v1/verification-requests", json=body)
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
@@ -46,12 +51,16 @@ def test_requests_acks_and_replies_cross_both_ways(network: NetworkFactory) -> N
         assert incoming["direction"] == "incoming"
         assert incoming["due_at"] == delivered["due_at"]
         assert incoming["received_at"] == delivered["received_at"]
-        ack = answerer.api("POST", f"/api/v1/verification-requests/{incoming['id']}/ack",
-                           json={"promised_by": "2026-12-01"})
+        ack = answerer.api(
+            "POST", f"/api/v1/verification-requests/{incoming['id']}/ack", json={"promised_by": "2026-12-01"}
+        )
         assert ack.status_code == 200, ack.text
         wait_for(lambda a=asker, o=out: status_is(a, o["request_id"], "acknowledged"))
-        reply = answerer.api("POST", f"/api/v1/verification-requests/{incoming['id']}/reply",
-                             json={"outcome": "confirmed", "findings": "已婚，一孩，信息一致。"})
+        reply = answerer.api(
+            "POST",
+            f"/api/v1/verification-requests/{incoming['id']}/reply",
+            json={"outcome": "confirmed", "findings": "已婚，一孩，信息一致。"},
+        )
         assert reply.status_code == 200, reply.text
         answered = wait_for(lambda a=asker, o=out: status_is(a, o["request_id"], "answered"))
         detail = asker.api("GET", f"/api/v1/verification-requests/{answered['id']}").json()
@@ -59,8 +68,11 @@ def test_requests_acks_and_replies_cross_both_ways(network: NetworkFactory) -> N
         assert detail["findings"] == "已婚，一孩，信息一致。"
         assert detail["promised_by"] == "2026-12-01"
         types = [(m["type"], m["direction"]) for m in detail["messages"]]
-        assert types == [("verification.request", "sent"), ("verification.ack", "received"),
-                         ("verification.reply", "received")]
+        assert types == [
+            ("verification.request", "sent"),
+            ("verification.ack", "received"),
+            ("verification.reply", "received"),
+        ]
         assert detail["messages"][0]["receipt"]["status"] == "accepted"
     # The urgent request runs on the 15-day clock, the normal ones on 30 days.
     urgent = find(jinshui, out1["request_id"])

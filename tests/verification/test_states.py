@@ -14,9 +14,13 @@ from service.verification import states
 
 S = CaseStatus
 ALLOWED = {
-    (S.queued, S.delivered), (S.queued, S.acknowledged), (S.queued, S.answered),
-    (S.delivered, S.acknowledged), (S.delivered, S.answered),
-    (S.received, S.acknowledged), (S.received, S.answered),
+    (S.queued, S.delivered),
+    (S.queued, S.acknowledged),
+    (S.queued, S.answered),
+    (S.delivered, S.acknowledged),
+    (S.delivered, S.answered),
+    (S.received, S.acknowledged),
+    (S.received, S.answered),
     (S.acknowledged, S.answered),
 }
 
