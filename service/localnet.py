@@ -32,6 +32,7 @@ from service.staff.service import create_staff
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STOP_TIMEOUT = 15.0  # seconds a node gets to shut down after SIGTERM before SIGKILL
+LOCAL_TOKEN_DAYS = 3650  # the test and demo networks' staff tokens (the longest a token may last)
 
 
 class NodeStartError(RuntimeError):
@@ -131,15 +132,30 @@ class LocalNode:
             with Session(engine, expire_on_commit=False) as session:
                 key = init_node(session, self.data_dir / "keys", node_id=self.node_id, name=self.name)
                 self.public_key = f"{key.keyid}={key.public_key}"
-                self.token = create_staff(session, username=f"operator-{self.node_id}", role=Role.operator)[1]
+                # A local network's tokens last the longest a token may (3650 days): its nodes may run
+                # on a clock months from the one they were made on (a test pinned to another month).
+                self.token = create_staff(
+                    session,
+                    username=f"operator-{self.node_id}",
+                    role=Role.operator,
+                    token_days=LOCAL_TOKEN_DAYS,
+                )[1]
                 # The test network's admin is also 负责人, so one token reaches every staff route;
                 # pure roles (admin handles no case) are in tests/staff/test_role_matrix.py.
                 self.admin_token = create_staff(
-                    session, username=f"admin-{self.node_id}", roles=(Role.admin, Role.supervisor)
+                    session,
+                    username=f"admin-{self.node_id}",
+                    roles=(Role.admin, Role.supervisor),
+                    token_days=LOCAL_TOKEN_DAYS,
                 )[1]
                 if console_logins:
                     for role in (Role.supervisor, Role.auditor):
-                        create_staff(session, username=f"{role.value}-{self.node_id}", role=role)
+                        create_staff(
+                            session,
+                            username=f"{role.value}-{self.node_id}",
+                            role=role,
+                            token_days=LOCAL_TOKEN_DAYS,
+                        )
                 session.commit()
                 accounts = session.exec(select(Staff)).all() if console_logins else []
             for staff in accounts:  # hashed outside the transaction above, one short write each
