@@ -37,10 +37,11 @@ STAFF_ERROR_CODES = {
     401: "not_authenticated",
     403: "forbidden (role)",
     404: "not_found",
-    409: "invalid_state",
+    409: "invalid_state; peer_refused (the origin refused a look-up, signed; its code in peer_code)",
     413: "payload_too_large",
     422: "validation_failed",
-    429: "rate_limited (too many failed sign-ins from this address or for this account; see Retry-After)",
+    429: "rate_limited (too many failed sign-ins from this address or for this account); peer_rate_limited"
+    " (the other county's node asks this one to slow down); see Retry-After",
     502: "peer_unavailable (the other county's node gave no valid signed answer)",
     503: "busy (the node is at capacity; see Retry-After)",
 }

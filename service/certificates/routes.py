@@ -49,7 +49,7 @@ def issue(data: CertificateIssue, staff: Actor, write: IdempotentWriteDep) -> Re
     return write.response
 
 
-@router.post("/lookup", response_model=LookupResult, responses=_errors(422, 502))
+@router.post("/lookup", response_model=LookupResult, responses=_errors(409, 422, 502))
 def lookup(
     data: LookupCreate, session: SessionDep, settings: SettingsDep, signer: SignerDep, staff: Actor
 ) -> LookupResult:

@@ -73,7 +73,7 @@ class PeerLimits:
     def _wait(self, item: RateLimitItem, peer: str) -> int:
         reset = self._windows.get_window_stats(item, peer).reset_time
         # The library's windows are in epoch seconds, on the real clock (as the staff sign-in limit's).
-        return max(1, math.ceil(reset - time.time()))
+        return max(1, math.ceil(reset - time.time()))  # real clock
 
 
 _made = threading.Lock()

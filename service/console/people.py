@@ -49,7 +49,7 @@ from service.console.templating import add_nav, local_time, render
 from service.db import SessionDep, read_session, transaction
 from service.directory.service import peer_names as directory_peer_names
 from service.errors import DomainError, InvalidState, NotFound, ValidationFailed
-from service.exchange.client import PeerUnavailable
+from service.exchange.client import PeerRateLimited, PeerRefused, PeerUnavailable
 from service.models import (
     CertificateCheck,
     Direction,
@@ -264,13 +264,15 @@ def reveal(request: Request, person_id: int, user: Actor, reason: FormText = "")
 
 
 def _lookup_error(exc: DomainError) -> str:
-    if isinstance(exc, PeerUnavailable) and "(no_standing)" in exc.detail:
+    if isinstance(exc, PeerRefused) and exc.peer_code == "no_standing":
         return (
             "户籍地拒绝查验：本县对此人没有查验资格。户籍地只答复登记为其现居住地的县、已向其发出流入通报的县，"
             "或与其有在办协查的县（仅居住地查验）。请先在本县登记此人并发出流入通报，户籍地收到后再查验。"
         )
-    if isinstance(exc, PeerUnavailable) and "(rate_limited)" in exc.detail:
+    if isinstance(exc, PeerRateLimited):
         return "本县向该户籍地的查验过于频繁，户籍地暂不受理，请稍后再试。"
+    if isinstance(exc, PeerRefused):
+        return "户籍地拒绝了本次查验（可能尚未信任本县的密钥），本次查验未记录，请联系管理员核对双方通讯录。"
     if isinstance(exc, PeerUnavailable):
         return "户籍地节点未能给出有效的签名答复（可能暂时无法连接），本次查验未记录，请稍后再试。"
     detail = exc.detail
@@ -307,8 +309,8 @@ def lookup_person(request: Request, person_id: int, user: Actor, purpose: FormTe
     data = LookupCreate(id_number=person.id_number, name=person.name, purpose=chosen)
     try:
         check_id = _run_lookup(request, user, data)
-    except (ValidationFailed, PeerUnavailable) as exc:
-        status = 502 if isinstance(exc, PeerUnavailable) else 422
+    except (ValidationFailed, PeerUnavailable, PeerRefused, PeerRateLimited) as exc:
+        status = exc.status_code
         return _person_page(request, user, person_id, status_code=status, lookup_error=_lookup_error(exc))
     return see_other(f"{PREFIX}/people/checks/{check_id}")
 
@@ -331,8 +333,8 @@ def lookup_by_number(
         return _index(request, user, status_code=422, lookup_errors=errors, lookup=kept)
     try:
         check_id = _run_lookup(request, user, LookupCreate(id_number=number, name=given_name, purpose=chosen))
-    except (ValidationFailed, PeerUnavailable) as exc:
-        status = 502 if isinstance(exc, PeerUnavailable) else 422
+    except (ValidationFailed, PeerUnavailable, PeerRefused, PeerRateLimited) as exc:
+        status = exc.status_code
         return _index(request, user, status_code=status, lookup_errors=[_lookup_error(exc)], lookup=kept)
     return see_other(f"{PREFIX}/people/checks/{check_id}")
 

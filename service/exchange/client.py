@@ -21,7 +21,7 @@ from sqlmodel import Session
 from service.clock import utcnow
 from service.config import Settings
 from service.directory.service import get_peer, resolve_key
-from service.errors import DomainError, SignatureMissing, ValidationFailed
+from service.errors import DomainError, RetryLater, SignatureMissing, ValidationFailed
 from service.exchange.envelope import envelope_body
 from service.signing.http import RequestBinding, VerifiedSignature, sign_request, verify_response
 from service.signing.node import NodeSigner
@@ -33,6 +33,27 @@ class PeerUnavailable(DomainError):
     status_code = 502
     code = "peer_unavailable"
     title = "The other county's node did not give a valid answer"
+
+
+class PeerRefused(DomainError):
+    """The peer answered, signed, and refused (``no_standing``, ``unknown_key``...): its decision, not
+    an outage, so a 4xx for the staff client, with the peer's own code in ``peer_code``."""
+
+    status_code = 409
+    code = "peer_refused"
+    title = "The other county's node refused the call"
+
+    def __init__(self, detail: str, *, peer_code: str | None) -> None:
+        super().__init__(detail, peer_code=peer_code)
+        self.peer_code = peer_code
+
+
+class PeerRateLimited(RetryLater):
+    """The peer answered a signed 429: come back when its ``Retry-After`` says."""
+
+    status_code = 429
+    code = "peer_rate_limited"
+    title = "The other county's node asks to slow down"
 
 
 def peer_url(base_url: str, path: str) -> str:
@@ -366,8 +387,13 @@ def query_peer(
         raise PeerUnavailable(f"node {recipient} answered without a valid signature: {exc.detail}") from exc
     if response.status_code != 200:
         code = _problem_code(response)  # signed: its code is the peer's word (no_standing, rate_limited)
-        reason = f" ({code})" if code else ""
-        raise PeerUnavailable(f"node {recipient} refused the call: HTTP {response.status_code}{reason}")
+        said = f"node {recipient} refused the call: HTTP {response.status_code}"
+        said += f" ({code})" if code else ""
+        if response.status_code == 429:
+            raise PeerRateLimited(said, retry_after=_retry_after(response))
+        if response.status_code < 500:
+            raise PeerRefused(said, peer_code=code)
+        raise PeerUnavailable(said)
     return PeerAnswer(str(message_id), response.status_code, response.content, signature)
 
 
@@ -386,6 +412,12 @@ async def _call(
     async with asyncio.timeout(settings.peer_call_deadline_seconds):
         async with (client or (lambda: httpx.AsyncClient(timeout=settings.peer_timeout_seconds)))() as http:
             return await apost_signed(http, settings, signer, url=url, path=path, body=body)
+
+
+def _retry_after(response: httpx.Response) -> int:
+    """The peer's ``Retry-After`` in seconds (1 to 3600; 60 when absent or not a number)."""
+    value = response.headers.get("Retry-After", "")
+    return min(3600, max(1, int(value))) if value.isdigit() else 60
 
 
 def _problem_code(response: httpx.Response) -> str | None:

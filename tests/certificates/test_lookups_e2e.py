@@ -89,8 +89,8 @@ def test_lookups_disclose_by_purpose_and_are_logged_on_both_sides(network: Netwo
     # A number the origin does not hold, that this node never notified: no standing, refused.
     unknown = id_number(origin.node_id, date(1992, 1, 1), 40)
     refused = host.api("POST", LOOKUP, json={"id_number": unknown, "name": "王秀英", "purpose": "service"})
-    assert (refused.status_code, refused.json()["code"]) == (502, "peer_unavailable")
-    assert "no_standing" in refused.json()["detail"]
+    assert (refused.status_code, refused.json()["code"]) == (409, "peer_refused")
+    assert refused.json()["peer_code"] == "no_standing"
 
     # Host: every check kept with the origin's signed answer, byte for byte (not the refusal).
     checks = rows(host, CertificateCheck)
@@ -199,9 +199,11 @@ def test_a_node_outside_the_directory_learns_nothing(network: NetworkFactory) ->
     assert response.status_code == 401
     assert response.json()["code"] == "unknown_key"
     assert rows(origin, LookupLog) == []
-    # Through the stranger's staff API: the origin's refusal is a failed call, nothing is kept.
+    # Through the stranger's staff API: the origin's signed refusal, nothing is kept.
     refused = stranger.api("POST", LOOKUP, json={"id_number": number, "name": "王秀英"})
-    assert (refused.status_code, refused.json()["code"]) == (502, "peer_unavailable")
+    assert (refused.status_code, refused.json()["code"], refused.json()["peer_code"]) == (
+        409, "peer_refused", "unknown_key"
+    )
     assert rows(stranger, CertificateCheck) == []
     assert rows(origin, LookupLog) == []
     # An origin outside the host's directory (Shenzhen, 440305): a clear 422, nothing sent.

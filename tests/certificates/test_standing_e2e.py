@@ -113,7 +113,9 @@ def test_host_answered_stranger_refused_alike_both_recorded_and_each_peer_rate_l
     through = stranger.api(
         "POST", "/api/v1/certificates/lookup", json={"id_number": number, "name": "王秀英"}
     )
-    assert (through.status_code, through.json()["code"]) == (502, "peer_unavailable")
+    assert (through.status_code, through.json()["code"], through.json()["peer_code"]) == (
+        409, "peer_refused", "no_standing"
+    )
 
     # The origin recorded each one: who asked, with what standing, the outcome, her record by id.
     assert [(g.requester, g.standing, g.refused, g.found, g.person_id) for g in lookup_logs(origin)] == [
@@ -135,6 +137,10 @@ def test_host_answered_stranger_refused_alike_both_recorded_and_each_peer_rate_l
     assert number not in limited.text
     # A rate-limited look-up never reached the register: not recorded, nothing disclosed.
     assert sum(1 for g in lookup_logs(origin) if g.requester == host.node_id) == BUDGET
+    # Through the host's staff API, still within the window: the origin's word, with its Retry-After.
+    slowed = host.api("POST", "/api/v1/certificates/lookup", json={"id_number": number, "name": "王秀英"})
+    assert (slowed.status_code, slowed.json()["code"]) == (429, "peer_rate_limited"), slowed.text
+    assert 1 <= int(slowed.headers["Retry-After"]) <= 3600
     # The stranger's budget is its own (its refusals spent 3 of it, not the host's).
     with httpx.Client(timeout=30) as client:
         assert ask(client, stranger, stranger_signer, origin, number).status_code == 403

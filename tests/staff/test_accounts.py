@@ -292,7 +292,7 @@ def test_accounts_made_before_0013_keep_their_role_and_get_a_token_expiry(tmp_pa
             assert row.role_set == {Role.admin}
             assert row.roles == "admin"
             assert row.token_expires_at is not None
-            assert row.token_expires_at > datetime.now(UTC) + timedelta(days=89)  # from the upgrade on
+            assert row.token_expires_at > datetime.now(UTC) + timedelta(days=89)  # real clock: the upgrade's
             assert row.token_revoked_at is None
     finally:
         engine.dispose()

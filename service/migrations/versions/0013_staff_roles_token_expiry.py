@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.column("token_expires_at", service.db.UTCDateTime(timezone=True)),
     )
     # The one read of the real clock: the upgrade's moment starts the old tokens' lifetime.
-    expires = datetime.now(UTC) + timedelta(days=EXISTING_TOKEN_DAYS)
+    expires = datetime.now(UTC) + timedelta(days=EXISTING_TOKEN_DAYS)  # real clock
     op.execute(staff.update().values(roles=sa.cast(staff.c.role, sa.String()), token_expires_at=expires))
     with op.batch_alter_table("staff", schema=None) as batch_op:
         batch_op.alter_column("roles", server_default=None)
