@@ -4,10 +4,19 @@
 code. If it reproduces ``tests/vectors/verification-request.json`` (made by the project's code, see
 ``tests/vectors/generate.py``) byte for byte and verifies it, the vector is a faithful RFC 9421 /
 RFC 9530 example that any other county's implementation can meet (docs/protocol.md).
+
+The receipt is bound to the request it answers (RFC 9421 ``req``, docs/protocol.md section 6.1):
+it is signed and verified here with that request given to the independent implementation, as in
+``test_bound_responses.py``, and refused against another request or with none.
+``tests/vectors/batch.json``'s answer and its results are verified the same way, bound to the
+batch request.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import re
 from typing import Any
 
@@ -27,6 +36,16 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def vector() -> dict[str, Any]:
     return vectors.load()
+
+
+@pytest.fixture(scope="module")
+def batch_vector() -> dict[str, Any]:
+    return vectors.load(vectors.BATCH)
+
+
+def _bound(message: dict[str, Any]) -> independent.BoundRequest:
+    """The vector's request, as the answer to it is bound to it."""
+    return independent.BoundRequest(message["method"], message["path"], message["headers"])
 
 
 def _param(signature_input: str, name: str) -> str:
@@ -71,6 +90,7 @@ def _sign_response(vector: dict[str, Any]) -> independent.Signed:
         private_seed_hex=_seed(vector, keyid),
         keyid=keyid,
         created=int(_param(sig_input, "created")),
+        request=_bound(vector["request"]),
     )
 
 
@@ -93,9 +113,17 @@ def _verify_request(
     )
 
 
+_THE_REQUEST: Any = object()
+
+
 def _verify_response(
-    vector: dict[str, Any], *, headers: dict[str, str] | None = None, body: str | None = None
+    vector: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+    request: independent.BoundRequest | None = _THE_REQUEST,
 ) -> independent.Verdict:
+    """The receipt checked as the answer to ``request`` (by default the vector's; None: to none)."""
     res = vector["response"]
     sig_input = res["headers"]["Signature-Input"]
     return independent.verify_response(
@@ -104,6 +132,7 @@ def _verify_response(
         body=res["body"] if body is None else body,
         public_key_b64url=_public(vector, _param(sig_input, "keyid")),
         now=int(_param(sig_input, "created")) + 1,
+        request=_bound(vector["request"]) if request is _THE_REQUEST else request,
     )
 
 
@@ -139,6 +168,120 @@ def test_request_vector_verifies(vector: dict[str, Any]) -> None:
 
 def test_response_vector_verifies(vector: dict[str, Any]) -> None:
     assert _verify_response(vector) == independent.Verdict(ok=True)
+
+
+def test_response_for_another_request_is_rejected(
+    vector: dict[str, Any], batch_vector: dict[str, Any]
+) -> None:
+    """The receipt is not an answer to the batch request (another signature, path and digest)."""
+    assert not _verify_response(vector, request=_bound(batch_vector["request"])).ok
+
+
+def test_response_without_its_request_is_rejected(vector: dict[str, Any]) -> None:
+    """Without the request, the ``req`` components cannot be computed: no verdict of validity."""
+    assert not _verify_response(vector, request=None).ok
+
+
+def test_unbound_response_is_rejected_for_the_request(vector: dict[str, Any]) -> None:
+    """The receipt signed over the response alone (the first edition's form) is refused when the
+    verifier knows the request: it must be bound."""
+    res = vector["response"]
+    sig_input = res["headers"]["Signature-Input"]
+    unbound = independent.sign_response(
+        status=res["status"],
+        headers={"Content-Type": res["headers"]["Content-Type"]},
+        body=res["body"],
+        private_seed_hex=_seed(vector, _param(sig_input, "keyid")),
+        keyid=_param(sig_input, "keyid"),
+        created=int(_param(sig_input, "created")),
+    )
+    assert _verify_response(vector, request=None, headers=unbound.headers).ok  # a valid unbound one
+    assert not _verify_response(vector, headers=unbound.headers).ok
+
+
+# --- the batch example ---------------------------------------------------------------------------
+
+
+def _digest(body: str) -> str:
+    return "sha-256=:" + base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode() + ":"
+
+
+def _batch_parts(batch_vector: dict[str, Any]) -> list[tuple[int, dict[str, str], str]]:
+    """The whole answer, then each result as the response it is (status, headers, body)."""
+    res = batch_vector["response"]
+    parts = [(res["status"], res["headers"], res["body"])]
+    for result in json.loads(res["body"])["results"]:
+        content_type = "application/json" if result["status"] in (200, 202) else "application/problem+json"
+        headers = {
+            "Content-Type": content_type,
+            "Content-Digest": _digest(result["body"]),
+            "Signature-Input": result["signature_input"],
+            "Signature": result["signature"],
+        }
+        parts.append((result["status"], headers, result["body"]))
+    return parts
+
+
+def _verify_batch_part(
+    batch_vector: dict[str, Any],
+    part: tuple[int, dict[str, str], str],
+    request: independent.BoundRequest | None,
+) -> independent.Verdict:
+    status, headers, body = part
+    return independent.verify_response(
+        status=status,
+        headers=headers,
+        body=body,
+        public_key_b64url=_public(batch_vector, _param(headers["Signature-Input"], "keyid")),
+        now=int(_param(headers["Signature-Input"], "created")) + 1,
+        request=request,
+    )
+
+
+def test_batch_request_verifies(batch_vector: dict[str, Any]) -> None:
+    req = batch_vector["request"]
+    sig_input = req["headers"]["Signature-Input"]
+    verdict = independent.verify_request(
+        method=req["method"],
+        url=req["path"],
+        headers=req["headers"],
+        body=req["body"],
+        public_key_b64url=_public(batch_vector, _param(sig_input, "keyid")),
+        now=int(_param(sig_input, "created")) + 1,
+    )
+    assert verdict == independent.Verdict(ok=True)
+
+
+def test_batch_answer_signature_base_reproduced(batch_vector: dict[str, Any]) -> None:
+    res = batch_vector["response"]
+    sig_input = res["headers"]["Signature-Input"]
+    signed = independent.sign_response(
+        status=res["status"],
+        headers={"Content-Type": res["headers"]["Content-Type"]},
+        body=res["body"],
+        private_seed_hex=_seed(batch_vector, _param(sig_input, "keyid")),
+        keyid=_param(sig_input, "keyid"),
+        created=int(_param(sig_input, "created")),
+        request=_bound(batch_vector["request"]),
+    )
+    assert signed.signature_base == res["signature_base"]
+    assert {k: signed.headers[k] for k in res["headers"]} == res["headers"]
+
+
+def test_batch_answer_and_results_verify_bound_to_the_batch_request(batch_vector: dict[str, Any]) -> None:
+    parts = _batch_parts(batch_vector)
+    assert len(parts) == 1 + len(batch_vector["items"])
+    for part in parts:
+        assert _verify_batch_part(batch_vector, part, _bound(batch_vector["request"])) == independent.Verdict(
+            ok=True
+        )
+
+
+def test_batch_answer_and_results_are_refused_for_another_request(
+    vector: dict[str, Any], batch_vector: dict[str, Any]
+) -> None:
+    for part in _batch_parts(batch_vector):
+        assert not _verify_batch_part(batch_vector, part, _bound(vector["request"])).ok
 
 
 # --- the verifier is not vacuous: it rejects what it must ---------------------------------------
@@ -180,6 +323,7 @@ def test_response_signed_by_another_key_is_rejected(vector: dict[str, Any]) -> N
         body=res["body"],
         public_key_b64url=_public(vector, "410105/k1"),
         now=int(_param(res["headers"]["Signature-Input"], "created")) + 1,
+        request=_bound(vector["request"]),
     )
     assert verdict == independent.Verdict(ok=False, error="signature does not verify")
 
@@ -192,6 +336,7 @@ def test_response_with_other_status_is_rejected(vector: dict[str, Any]) -> None:
         body=res["body"],
         public_key_b64url=_public(vector, "411627/k1"),
         now=int(_param(res["headers"]["Signature-Input"], "created")) + 1,
+        request=_bound(vector["request"]),
     )
     assert not verdict.ok
 

@@ -3,14 +3,18 @@
 The committed file is exactly what ``tests/vectors/generate.py`` makes now. Beyond that, and read
 from the file rather than from the generator's inputs: Ed25519 is deterministic, so the project
 must reproduce the example byte for byte — the request's and the receipt's headers, the signature
-bases it signs, the receipt body and its ``due_at``. It must also accept the example with its clock
-at ``created + 1`` and refuse every tampered copy. (``tests/interop/test_vectors_independent.py``
+bases it signs, the receipt body and its ``due_at``. The receipt is bound to the request (RFC 9421
+``req``, docs/protocol.md section 6.1): the node's verifier must accept it, its clock at
+``created + 1``, with the binding of the vector's request, and refuse it without one or with
+another request's, and refuse every tampered copy. ``tests/vectors/batch.json``'s answer and each
+of its results likewise, bound to the batch request. (``tests/interop/test_vectors_independent.py``
 checks the same vector with an independent implementation; this file checks the project's code.)
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,9 +29,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from service.clock import clock, utcnow
 from service.config import Settings
 from service.errors import DigestMismatch, DomainError, SignatureExpired, SignatureInvalid, UnknownKey
+from service.exchange import batch
 from service.exchange.envelope import receipt_body
 from service.models import Priority, Topic
-from service.signing.http import content_digest, sign_request, sign_response, verify_request, verify_response
+from service.signing.http import (
+    BOUND_RESPONSE_COMPONENTS,
+    RequestBinding,
+    content_digest,
+    sign_request,
+    sign_response,
+    verify_request,
+    verify_response,
+)
 from service.signing.keys import public_key_from_text, public_key_text
 from service.sla.deadlines import DeadlineRule, due_at
 from service.verification.service import deadline_rule
@@ -56,8 +69,9 @@ def public_key(vector: dict[str, Any], keyid: str) -> Ed25519PublicKey:
 
 
 def params(signature_input: str) -> dict[str, str]:
-    """``created``, ``nonce``, … of a Signature-Input (the vector's values are simple)."""
-    return dict(p.split("=", 1) for p in signature_input.split(";")[1:])
+    """``created``, ``nonce``, … of a Signature-Input (the vector's values are simple), the
+    parameters after the covered components (which have their own, ``"@path";req``)."""
+    return dict(p.split("=", 1) for p in signature_input.rpartition(")")[2].split(";")[1:])
 
 
 def at(params_: Mapping[str, str], name: str, delta: int = 0) -> datetime:
@@ -67,6 +81,13 @@ def at(params_: Mapping[str, str], name: str, delta: int = 0) -> datetime:
 def get(headers: Mapping[str, str], name: str) -> str:
     (value,) = [v for k, v in headers.items() if k.lower() == name.lower()]
     return value
+
+
+def binding(request: Mapping[str, Any]) -> RequestBinding:
+    """The binding of a vector's ``request`` (its path and headers as sent)."""
+    bound = RequestBinding.of_request(request["path"], request["headers"].items())
+    assert bound is not None
+    return bound
 
 
 def sign_vector_request(vector: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, str]:
@@ -96,6 +117,7 @@ def sign_vector_response(vector: dict[str, Any], key: Ed25519PrivateKey) -> dict
         keyid=ANSWERER,
         created=at(p, "created"),
         content_type=res["headers"]["Content-Type"],
+        request=binding(vector["request"]),
     )
 
 
@@ -187,6 +209,19 @@ def test_response_signature_base_reproduced(vector: dict[str, Any]) -> None:
     assert key.signed == [vector["response"]["signature_base"].encode("ascii")]
 
 
+def test_response_is_bound_to_the_vector_request(vector: dict[str, Any]) -> None:
+    """The receipt covers the six components of section 6.1, with the request's values."""
+    req, res = vector["request"], vector["response"]
+    covered = " ".join(c if c.startswith('"') else f'"{c}"' for c in BOUND_RESPONSE_COMPONENTS)
+    assert res["headers"]["Signature-Input"].startswith(f"yp=({covered});")
+    lines = res["signature_base"].split("\n")
+    assert lines[3:6] == [
+        f'"@path";req: {req["path"]}',
+        f'"content-digest";req: {req["headers"]["Content-Digest"]}',
+        f'"signature";req;key="yp": {req["headers"]["Signature"].removeprefix("yp=")}',
+    ]
+
+
 @pytest.mark.parametrize(("part", "keyid"), [("request", ASKER), ("response", ANSWERER)])
 def test_vector_signatures_sign_the_vector_bases(vector: dict[str, Any], part: str, keyid: str) -> None:
     """The vector is self-consistent: each Signature is the Ed25519 signature of its signature_base."""
@@ -251,6 +286,10 @@ def verify_vector_request(
     )
 
 
+# The request the receipt answers, unless a test names another (or None: no binding at all).
+THE_REQUEST: Any = object()
+
+
 def verify_vector_response(
     vector: dict[str, Any],
     *,
@@ -258,6 +297,7 @@ def verify_vector_response(
     headers: Mapping[str, str] | None = None,
     body: str | None = None,
     keyid: str = ANSWERER,
+    request: RequestBinding | None = THE_REQUEST,
 ) -> Any:
     res = vector["response"]
     clock.freeze(at(params(res["headers"]["Signature-Input"]), "created", 1))
@@ -268,6 +308,7 @@ def verify_vector_response(
         resolve_key=_resolver(vector, keyid),
         expected_node="411627",
         now=utcnow(),
+        request=binding(vector["request"]) if request is THE_REQUEST else request,
     )
 
 
@@ -280,7 +321,64 @@ def test_request_vector_verifies(vector: dict[str, Any]) -> None:
 
 @pytest.mark.usefixtures("frozen_clock")
 def test_response_vector_verifies(vector: dict[str, Any]) -> None:
-    assert verify_vector_response(vector).keyid == ANSWERER
+    verified = verify_vector_response(vector)
+    assert verified.keyid == ANSWERER
+    assert verified.bound_to == binding(vector["request"])
+
+
+def _retried(vector: dict[str, Any]) -> RequestBinding:
+    """The binding of the same message sent again (a retry: the same body, a new nonce)."""
+    retry = {**vector["request"], "headers": dict(vector["request"]["headers"])}
+    p = params(retry["headers"]["Signature-Input"])
+    retry["headers"] = sign_request(
+        method=retry["method"],
+        path=retry["path"],
+        body=retry["body"].encode("utf-8"),
+        key=private_key(vector, ASKER),
+        keyid=ASKER,
+        created=at(p, "created"),
+        lifetime=at(p, "expires") - at(p, "created"),
+        nonce="bm9uY2UtMDAwMDAwMDAwOQ",
+    )
+    assert retry["headers"]["Content-Digest"] == vector["request"]["headers"]["Content-Digest"]
+    return binding(retry)
+
+
+OTHER_REQUESTS: list[Any] = [
+    pytest.param(lambda _: binding(vectors.load(vectors.BATCH)["request"]), id="the-batch-request"),
+    pytest.param(_retried, id="the-same-message-retried"),
+    pytest.param(
+        lambda v: dataclasses.replace(binding(v["request"]), path="/peer/v1/notifications"),
+        id="another-path",
+    ),
+]
+
+
+@pytest.mark.usefixtures("frozen_clock")
+@pytest.mark.parametrize("other", OTHER_REQUESTS)
+def test_response_for_another_request_is_rejected(vector: dict[str, Any], other: Any) -> None:
+    """A signed receipt cannot be replayed as the answer to another request (section 6.1)."""
+    with pytest.raises(SignatureInvalid, match="another request"):
+        verify_vector_response(vector, request=other(vector))
+
+
+@pytest.mark.usefixtures("frozen_clock")
+def test_response_without_a_binding_is_rejected(vector: dict[str, Any]) -> None:
+    """Checked as an answer to no signed request, the bound receipt does not have the three
+    components of an unbound one; and an unbound receipt is refused for the vector's request."""
+    with pytest.raises(SignatureInvalid, match="response must cover"):
+        verify_vector_response(vector, request=None)
+    res = vector["response"]
+    unbound = sign_response(
+        status=res["status"],
+        body=res["body"].encode("utf-8"),
+        key=private_key(vector, ANSWERER),
+        keyid=ANSWERER,
+        created=at(params(res["headers"]["Signature-Input"]), "created"),
+        content_type=res["headers"]["Content-Type"],
+    )
+    with pytest.raises(SignatureInvalid, match="not bound"):
+        verify_vector_response(vector, headers=unbound)
 
 
 def _replace(headers: Mapping[str, str], name: str, old: str, new: str) -> dict[str, str]:
@@ -388,6 +486,7 @@ def test_response_signed_by_the_requesting_node_is_rejected(vector: dict[str, An
         keyid=ASKER,
         created=at(p, "created"),
         content_type="application/json",
+        request=binding(vector["request"]),
     )
     with pytest.raises(UnknownKey):
         verify_vector_response(vector, headers=headers, keyid=ASKER)
@@ -397,3 +496,75 @@ def test_recording_key_is_transparent(vector: dict[str, Any]) -> None:
     """The recording wrapper does not change what is signed (else the base tests would prove nothing)."""
     plain = sign_vector_request(vector, private_key(vector, ASKER))
     assert sign_vector_request(vector, RecordingKey(private_key(vector, ASKER))) == plain
+
+
+# --- the batch example: its answer and every result bound to the batch request -----------------------
+
+
+@pytest.fixture(scope="module")
+def batch_vector() -> dict[str, Any]:
+    return vectors.load(vectors.BATCH)
+
+
+def _verify_batch_part(
+    batch_vector: dict[str, Any], status: int, headers: Mapping[str, str], body: str, request: Any
+) -> Any:
+    p = params(headers["Signature-Input"])
+    return verify_response(
+        status=status,
+        headers=headers.items(),
+        body=body.encode("utf-8"),
+        resolve_key=_resolver(batch_vector, ANSWERER),
+        expected_node="411627",
+        now=at(p, "created", 1),
+        request=request,
+    )
+
+
+def _batch_parts(batch_vector: dict[str, Any]) -> list[tuple[int, dict[str, str], str]]:
+    """The whole answer, then each result as the response it is (status, headers, body)."""
+    res = batch_vector["response"]
+    parts = [(res["status"], res["headers"], res["body"])]
+    for result in json.loads(res["body"])["results"]:
+        headers = {
+            "Content-Type": batch.content_type_of(result["status"]),
+            "Content-Digest": content_digest(result["body"].encode("utf-8")),
+            "Signature-Input": result["signature_input"],
+            "Signature": result["signature"],
+        }
+        parts.append((result["status"], headers, result["body"]))
+    return parts
+
+
+def test_batch_answer_and_results_verify_bound_to_the_batch_request(batch_vector: dict[str, Any]) -> None:
+    bound = binding(batch_vector["request"])
+    parts = _batch_parts(batch_vector)
+    assert len(parts) == 1 + len(batch_vector["items"])
+    for status, headers, body in parts:
+        assert _verify_batch_part(batch_vector, status, headers, body, bound).bound_to == bound
+
+
+def test_batch_answer_and_results_are_refused_for_another_request_or_unbound(
+    vector: dict[str, Any], batch_vector: dict[str, Any]
+) -> None:
+    single = binding(vector["request"])
+    for status, headers, body in _batch_parts(batch_vector):
+        with pytest.raises(SignatureInvalid, match="another request"):
+            _verify_batch_part(batch_vector, status, headers, body, single)
+        with pytest.raises(SignatureInvalid, match="response must cover"):
+            _verify_batch_part(batch_vector, status, headers, body, None)
+
+
+def test_batch_first_result_is_the_single_receipt_answering_another_request(
+    vector: dict[str, Any], batch_vector: dict[str, Any]
+) -> None:
+    """The same receipt and Signature-Input as verification-request.json's; not the same Signature,
+    since it answers the batch request, not the single one."""
+    first = json.loads(batch_vector["response"]["body"])["results"][0]
+    single = vector["response"]
+    assert (first["status"], first["body"], first["signature_input"]) == (
+        single["status"],
+        single["body"],
+        single["headers"]["Signature-Input"],
+    )
+    assert first["signature"] != single["headers"]["Signature"]

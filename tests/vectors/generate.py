@@ -11,13 +11,16 @@ Only the inputs are written down here: two fixed test keys, the signing times, t
 message. Everything else — the envelope's bytes, Content-Digest, both signature bases,
 Signature-Input, Signature, the receipt and its ``due_at`` — comes from the project's own code
 (``service.exchange.envelope``, ``service.signing``, ``service.sla.deadlines``) with default
-settings, the environment ignored. Ed25519 (RFC 8032) is deterministic, so the same inputs give the
+settings, the environment ignored. The answer is bound to the request (RFC 9421 ``req``,
+docs/protocol.md section 6.1) as a live node binds it: ``service.exchange.routes.request_binding``
+of the request as it arrives. Ed25519 (RFC 8032) is deterministic, so the same inputs give the
 same bytes on every machine, and the file is checked in: ``tests/signing/test_vectors.py`` fails when
 the code no longer makes it byte for byte, and ``tests/interop`` checks it against an independent
 RFC 9421 implementation.
 
 Before writing, the generator verifies what it made with the project's verifier, the clock at
-``created + 1``; it writes nothing that the node itself would refuse.
+``created + 1``, each answer with the binding the sender takes from the request it sent; it writes
+nothing that the node itself would refuse.
 
 The file is ``json.dumps(indent=2, ensure_ascii=False)`` without a final newline: the form the
 example was first published in, kept so that its bytes never change without a reason. The batch
@@ -25,9 +28,10 @@ example is in the same form.
 
 The batch example is one ``POST /peer/v1/batch`` from 410105 to 411627 with four items — the same
 协查 request as the first example, a 通报 (arrival), an item whose ``sender`` is not the signing
-node, and the first item again — and the signed answer: the first item's result is the first
-example's response to the byte (status, receipt body, Signature-Input and Signature), the 通报's
-receipt carries its ack deadline, the third is a signed ``403 sender_mismatch`` problem, and the
+node, and the first item again — and the signed answer, it and every item's result bound to the
+batch request: the first item's result has the first example's status, receipt body and
+Signature-Input (its Signature differs: it answers another request), the 通报's receipt carries its
+ack deadline, the third is a signed ``403 sender_mismatch`` problem, and the
 fourth a ``200 duplicate`` receipt. Made from pieces (``service.exchange.batch``, the receipt and
 problem bodies, the deadline rules), like the first; ``tests/exchange/test_batch.py`` checks that a
 node, its clock at the example's time and holding its keys, answers the request with exactly this.
@@ -46,17 +50,25 @@ from uuid import UUID
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from starlette.requests import Request
 
 from service.clock import clock
 from service.config import Settings
 from service.errors import SenderMismatch
-from service.exchange import batch
+from service.exchange import batch, routes
 from service.exchange.envelope import canonical_json, envelope_body, receipt_body
 from service.models import NotificationKind, Priority, Sex, Topic
 from service.notifications.schemas import ArrivalDetails, NotificationPayload
 from service.notifications.service import NOTIFICATION
 from service.notifications.service import deadline_rule as notification_deadline_rule
-from service.signing.http import content_digest, sign_request, sign_response, verify_request, verify_response
+from service.signing.http import (
+    RequestBinding,
+    content_digest,
+    sign_request,
+    sign_response,
+    verify_request,
+    verify_response,
+)
 from service.signing.keys import b64url, public_key_from_text, public_key_text
 from service.sla.deadlines import due_at
 from service.subjects import Subject
@@ -112,9 +124,11 @@ BATCH_ABOUT = (
     "Worked example of docs/protocol.md section 18: one POST /peer/v1/batch from 410105 to 411627 with "
     "four items (the 协查 request of verification-request.json, an arrival 通报, an item whose sender is "
     "not the signing node, the first item again) and the signed answer, one result per item: each is the "
-    "answer the item's own endpoint would give, with that answer's own signature (the first is "
-    "verification-request.json's response, byte for byte). Same test keys, times and verification rule "
-    "as verification-request.json (clock at created + 1, 2026-11-22T01:30:01Z)."
+    "answer the item's own endpoint would give, with that answer's own signature, bound like the whole "
+    "answer to the batch request (docs/protocol.md section 6.1; the first has verification-request.json's "
+    "receipt and Signature-Input, and another Signature, since it answers another request). Same test "
+    "keys, times and verification rule as verification-request.json (clock at created + 1, "
+    "2026-11-22T01:30:01Z)."
 )
 
 
@@ -167,6 +181,33 @@ def _signed_once(key: RecordingKey) -> str:
     return base.decode("ascii")
 
 
+def received_binding(path: str, headers: Mapping[str, str]) -> RequestBinding:
+    """What the asked node binds its answer to (RFC 9421 ``req``): the live responder's own
+    ``routes.request_binding`` of the request as it arrives (the path and header lines an ASGI
+    server hands the node)."""
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode("ascii"),
+        "query_string": b"",
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+    }
+    binding = routes.request_binding(Request(scope))
+    if binding is None:
+        raise AssertionError(f"the node would not bind its answer to the signed request {path}")
+    return binding
+
+
+def sent_binding(request: Mapping[str, Any]) -> RequestBinding:
+    """What the asking node checks the answer against: the binding of the request it sent (the
+    vector's ``request``, its path and headers), as ``service.exchange.client`` takes it."""
+    binding = RequestBinding.of_request(request["path"], request["headers"].items())
+    if binding is None:
+        raise AssertionError(f"the vector's request to {request['path']} cannot be bound")
+    return binding
+
+
 def build() -> dict[str, Any]:
     """The vector, made by the project's code from the inputs above."""
     body = envelope_body(
@@ -209,6 +250,7 @@ def build() -> dict[str, Any]:
             keyid=ANSWERER,
             created=RECEIVED,
             content_type=CONTENT_TYPE,
+            request=received_binding(PATH, request_headers),
         )
     )
     vector = {
@@ -323,7 +365,8 @@ def build_batch() -> dict[str, Any]:
         batch.Answer(str(MESSAGE_ID), 200, receipt(request, MESSAGE_ID, "duplicate", request_due)),
     ]
     answerer = private_key(ANSWERER)
-    response = batch.response_body(answers, key=answerer, keyid=ANSWERER, created=RECEIVED)
+    bound = received_binding(BATCH_PATH, request_headers)  # the answer and each item's result
+    response = batch.response_body(answers, key=answerer, keyid=ANSWERER, created=RECEIVED, request=bound)
     recording = RecordingKey(answerer)
     response_headers = _exactly(
         sign_response(
@@ -333,6 +376,7 @@ def build_batch() -> dict[str, Any]:
             keyid=ANSWERER,
             created=RECEIVED,
             content_type=CONTENT_TYPE,
+            request=bound,
         )
     )
     vector = {
@@ -365,8 +409,10 @@ def build_batch() -> dict[str, Any]:
 
 
 def self_check_batch(vector: Mapping[str, Any]) -> None:
-    """Every item's result verifies on its own, as a response signed by 411627 (raises if not)."""
+    """Every item's result verifies on its own, as a response signed by 411627 bound to the batch
+    request (raises if not)."""
     key = public_key_from_text(vector["keys"][ANSWERER]["public_key"])
+    bound = sent_binding(vector["request"])
     results = json.loads(vector["response"]["body"])["results"]
     if len(results) != len(vector["items"]):
         raise AssertionError("one result per item")
@@ -384,11 +430,13 @@ def self_check_batch(vector: Mapping[str, Any]) -> None:
             resolve_key=lambda keyid: key if keyid == ANSWERER else None,
             expected_node=ANSWERER.split("/")[0],
             now=RECEIVED + timedelta(seconds=1),
+            request=bound,
         )
 
 
 def self_check(vector: Mapping[str, Any]) -> None:
-    """The node's own verifier accepts both messages with its clock at created + 1 (raises if not)."""
+    """The node's own verifier accepts both messages with its clock at created + 1, the answer bound
+    to the request (raises if not)."""
     keys = {keyid: public_key_from_text(k["public_key"]) for keyid, k in vector["keys"].items()}
     req, res = vector["request"], vector["response"]
     verify_request(
@@ -406,6 +454,7 @@ def self_check(vector: Mapping[str, Any]) -> None:
         resolve_key=lambda keyid: keys[ANSWERER] if keyid == ANSWERER else None,
         expected_node=ANSWERER.split("/")[0],
         now=RECEIVED + timedelta(seconds=1),
+        request=sent_binding(req),
     )
 
 
