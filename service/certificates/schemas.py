@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from service import idnumbers
 from service.models import CertificateStatus, ContraceptionMethod, LookupPurpose, MaritalStatus, Sex
 from service.schemas import DbId
 from service.subjects import PLAIN_TEXT, IdNumber, PersonName, plain_text
@@ -149,12 +150,29 @@ class CertificateCancel(BaseModel):
     reason: Reason
 
 
+def masked_holder(certificate: dict[str, Any]) -> dict[str, Any]:
+    """A certificate as staff reads show it: ``holder.id_number`` becomes ``holder.id_number_masked``
+    (the full number: ``POST /api/v1/people/{person_id}/reveal``)."""
+    holder = certificate.get("holder")
+    if not isinstance(holder, dict) or not isinstance(holder.get("id_number"), str):
+        return certificate
+    rest = {k: v for k, v in holder.items() if k != "id_number"}
+    return {**certificate, "holder": {"id_number_masked": idnumbers.mask(holder["id_number"]), **rest}}
+
+
 class VersionRead(BaseModel):
     version: int
     changed_by: str | None
     changed_at: datetime
     reason: str | None
-    certificate: dict[str, Any]
+    certificate: dict[str, Any] = Field(
+        description="the certificate as it read then (holder.id_number_masked)"
+    )
+
+    @field_validator("certificate")
+    @classmethod
+    def _masked(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return masked_holder(value)
 
 
 class CertificateRead(BaseModel):
@@ -163,8 +181,15 @@ class CertificateRead(BaseModel):
     certificate_no: str
     status: CertificateStatus
     version: int
-    certificate: dict[str, Any] = Field(description="the full certificate as it reads now")
+    certificate: dict[str, Any] = Field(
+        description="the full certificate as it reads now, the holder's ID number masked (id_number_masked)"
+    )
     versions: list[VersionRead]
+
+    @field_validator("certificate")
+    @classmethod
+    def _masked(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return masked_holder(value)
 
 
 # --- staff API: the host's lookups (查验) ----------------------------------------------------

@@ -50,16 +50,6 @@ def audit(event: str, username: str, source: str, **extra: object) -> None:
     _audit.info("console event=%s staff=%s source=%s%s", event, username, source, more)
 
 
-# Why a full ID number is shown (查看完整身份证号的事由): a fixed list, so the audit line names the
-# reason and nothing else (free text could carry a name).
-REVEAL_REASONS = {
-    "identity": "核实本人身份",
-    "service": "办理服务事项",
-    "verification": "协查核对",
-    "correction": "更正登记信息",
-}
-
-
 def source(request: Request) -> str:
     """The client's address, for the audit log and the sign-in limits."""
     return request.client.host if request.client else "-"

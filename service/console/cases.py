@@ -23,7 +23,6 @@ from service.clock import utcnow
 from service.config import Settings
 from service.console.auth import (
     PREFIX,
-    REVEAL_REASONS,
     Actor,
     ConsoleForbidden,
     ConsoleUser,
@@ -50,6 +49,7 @@ from service.models import (
 from service.notifications import service as notifications
 from service.schemas import DB_ID_MAX
 from service.sla.deadlines import DeadlineRule, due_at, is_working_day
+from service.staff.reveal import REVEAL_REASONS, RevealReason, revealed
 from service.verification import service as verification
 from service.verification.schemas import AckCreate, ReplyCreate
 
@@ -320,8 +320,12 @@ def reveal_case(request: Request, case_id: int, user: Actor, reason: Field_ = ""
     if error:
         return _case_page(request, user, case_id, 422, errors={"reason": error}, form={"reason": reason})
     context = _case_context(request, case_id)
+    with read_session() as session:
+        number = verification.subject_id_number(session, case_id)
+    # The staff API's reveal (service.staff.reveal): the same audit, plus the console's own line.
+    shown = revealed(user.staff, "verification.reveal_id", f"case:{case_id}", RevealReason(reason), number)
     audit("id_revealed", user.staff.username, source(request), case=case_id, reason=reason)
-    context["revealed_id"] = context["case"].subject.id_number
+    context["revealed_id"] = shown.id_number
     return render(request, "cases/case.html", context, user=user)
 
 
@@ -496,8 +500,13 @@ def reveal_notification(request: Request, item_id: int, user: Actor, reason: Fie
             request, user, item_id, 422, errors={"reason": error}, form={"reason": reason}
         )
     context = _notification_context(item_id)
+    with read_session() as session:
+        number = notifications.subject_id_number(session, item_id)
+    shown = revealed(
+        user.staff, "notification.reveal_id", f"notification:{item_id}", RevealReason(reason), number
+    )
     audit("id_revealed", user.staff.username, source(request), notification=item_id, reason=reason)
-    context["revealed_id"] = context["item"].subject.id_number
+    context["revealed_id"] = shown.id_number
     return render(request, "cases/notification.html", context, user=user)
 
 

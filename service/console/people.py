@@ -36,7 +36,6 @@ from service.config import Settings
 from service.console.auth import (
     PREFIX,
     READERS,
-    REVEAL_REASONS,
     Actor,
     ConsoleUser,
     Reader,
@@ -63,6 +62,7 @@ from service.people import service as people
 from service.people.schemas import ImportReport
 from service.signing.node import NodeSigner
 from service.staff.idempotency import after_commit
+from service.staff.reveal import REVEAL_REASONS, RevealReason, revealed
 from service.staff.service import audit as staff_audit
 from service.subjects import plain_text
 
@@ -255,9 +255,12 @@ def reveal(request: Request, person_id: int, user: Actor, reason: FormText = "")
     if reason not in REVEAL_REASONS:
         error = "请选择查看完整身份证号的事由。"
         return _person_page(request, user, person_id, status_code=422, reveal_error=error)
-    response = _person_page(request, user, person_id, revealed=True)
+    with read_session() as session:
+        number = people.id_number_of(session, person_id)
+    # The staff API's reveal (service.staff.reveal): the same audit, plus the console's own line.
+    shown = revealed(user.staff, "people.reveal_id", f"person:{person_id}", RevealReason(reason), number)
     audit("id_revealed", user.staff.username, source(request), person=person_id, reason=reason)
-    return response
+    return _person_page(request, user, person_id, revealed_id=shown.id_number)
 
 
 # --- 婚育证明查验 -------------------------------------------------------------------------------
@@ -306,7 +309,8 @@ def lookup_person(request: Request, person_id: int, user: Actor, purpose: FormTe
         return _person_page(request, user, person_id, status_code=422, lookup_error="请选择查验用途。")
     with read_session() as session:
         person = people.get_person(session, person_id)
-    data = LookupCreate(id_number=person.id_number, name=person.name, purpose=chosen)
+        number = people.id_number_of(session, person_id)
+    data = LookupCreate(id_number=number, name=person.name, purpose=chosen)
     try:
         check_id = _run_lookup(request, user, data)
     except (ValidationFailed, PeerUnavailable, PeerRefused, PeerRateLimited) as exc:

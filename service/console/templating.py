@@ -14,9 +14,10 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service import names
-from service.console.auth import CSRF_FIELD, REVEAL_REASONS, ConsoleUser, security_headers
+from service.console.auth import CSRF_FIELD, ConsoleUser, security_headers
 from service.idnumbers import mask
 from service.models import Role
+from service.staff.reveal import REVEAL_REASONS
 
 HERE = Path(__file__).parent
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -14,6 +14,7 @@ from service.notifications.schemas import NotificationCreate, NotificationRead, 
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 from service.staff.idempotency import IdempotentWriteDep
+from service.staff.reveal import RevealedIdNumber, RevealRequest, revealed
 from service.staff.service import audit
 from service.subjects import NodeId
 
@@ -64,10 +65,23 @@ def list_notifications(
 
 @router.get("/{notification_id:int}", response_model=NotificationRead, responses=_errors(404))
 def read(notification_id: DbId, session: SessionDep, staff: Reader) -> NotificationRead:
-    """One notification with its details, message history and receipts."""
+    """One notification with its details, message history and receipts; the subject's ID number masked
+    (the full one: ``…/reveal``)."""
     notification = service.get_notification(session, notification_id)
     audit(staff, "notification.read", f"notification:{notification_id}")
     return notification
+
+
+@router.post("/{notification_id:int}/reveal", response_model=RevealedIdNumber, responses=_errors(404, 422))
+def reveal(
+    notification_id: DbId, data: RevealRequest, session: SessionDep, staff: Actor, response: Response
+) -> RevealedIdNumber:
+    """查看完整身份证号: the subject's full ID number, in this answer only, for a reason from the list
+    (operator or supervisor; an auditor may not). Audited as ``notification.reveal_id`` with the
+    notification and the reason, never the number."""
+    number = service.subject_id_number(session, notification_id)
+    response.headers["Cache-Control"] = "no-store"
+    return revealed(staff, "notification.reveal_id", f"notification:{notification_id}", data.reason, number)
 
 
 @router.post("/{notification_id:int}/ack", response_model=NotificationRead, responses=_errors(404, 409))

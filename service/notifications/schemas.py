@@ -263,7 +263,9 @@ class NotificationRead(NotificationSummary):
     subject: SubjectRead
     details: dict[str, Any]
     created_by: str | None
-    messages: list[MessageRead]
+    messages: list[MessageRead] = Field(
+        description="the conversation's messages; a payload's subject has id_number_masked, not the number"
+    )
 
 
 class Page(BaseModel):

@@ -51,7 +51,7 @@ from service.notifications.schemas import (
 from service.signing.node import NodeSigner
 from service.sla.deadlines import DeadlineRule, due_at
 from service.verification.schemas import SubjectRead
-from service.verification.service import check_assignee
+from service.verification.service import check_assignee, masked_messages
 
 NOTIFICATION, ACK = "notification", "notification.ack"
 PATH = "/notifications"
@@ -442,11 +442,10 @@ def get_notification(session: Session, notification_id: int) -> NotificationRead
     notification = session.get(Notification, notification_id)
     if notification is None:
         raise NotFound(f"no notification {notification_id}")
-    messages = conversation(session, notification.message_id, {NOTIFICATION: 0})
+    messages = masked_messages(conversation(session, notification.message_id, {NOTIFICATION: 0}))
     return NotificationRead(
         **summary(notification, utcnow()).model_dump(),
         subject=SubjectRead(
-            id_number=notification.subject_id_number,
             name=notification.subject_name,
             sex=notification.subject_sex.value,
             birth_date=notification.subject_birth_date,
@@ -455,6 +454,14 @@ def get_notification(session: Session, notification_id: int) -> NotificationRead
         created_by=notification.created_by,
         messages=messages,
     )
+
+
+def subject_id_number(session: Session, notification_id: int) -> str:
+    """The subject's full ID number, for a reveal (service.staff.reveal); reads mask it."""
+    notification = session.get(Notification, notification_id)
+    if notification is None:
+        raise NotFound(f"no notification {notification_id}")
+    return notification.subject_id_number
 
 
 def summary(n: Notification, now: datetime) -> NotificationSummary:

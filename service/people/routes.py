@@ -24,6 +24,7 @@ from service.people.schemas import (
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader, Supervisor
 from service.staff.idempotency import IdempotentWriteDep
+from service.staff.reveal import RevealedIdNumber, RevealRequest, revealed
 from service.staff.service import audit
 from service.subjects import NodeId
 
@@ -133,10 +134,22 @@ def import_file(
 
 @router.get("/{person_id:int}", response_model=PersonRead, responses=_errors(404))
 def read(person_id: DbId, session: SessionDep, staff: Reader) -> PersonRead:
-    """One record with its children and look-alikes."""
+    """One record with its children and look-alikes; the ID number masked (the full one: ``…/reveal``)."""
     person = service.get_person(session, person_id)
     audit(staff, "people.read", f"person:{person_id}")
     return person
+
+
+@router.post("/{person_id:int}/reveal", response_model=RevealedIdNumber, responses=_errors(404, 422))
+def reveal(
+    person_id: DbId, data: RevealRequest, session: SessionDep, staff: Actor, response: Response
+) -> RevealedIdNumber:
+    """查看完整身份证号: the record's full ID number, in this answer only, for a reason from the list
+    (operator or supervisor; an auditor may not). Audited as ``people.reveal_id`` with the record and
+    the reason, never the number."""
+    number = service.id_number_of(session, person_id)
+    response.headers["Cache-Control"] = "no-store"
+    return revealed(staff, "people.reveal_id", f"person:{person_id}", data.reason, number)
 
 
 @router.patch("/{person_id:int}", response_model=PersonRead, responses=_errors(404, 409, 422))

@@ -120,7 +120,9 @@ class PersonSummary(BaseModel):
 
 class PersonRead(BaseModel):
     id: int
-    id_number: str
+    id_number_masked: str = Field(
+        description="the ID number masked (4101**********123X); the full one: POST /api/v1/people/{id}/reveal"
+    )
     name: str
     sex: Sex
     birth_date: date

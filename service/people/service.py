@@ -140,8 +140,18 @@ def get_person(session: Session, person_id: int) -> PersonRead:
     children = [ChildRead.model_validate(c, from_attributes=True) for c in _children_of(session, person.id)]
     similar = lookalikes(session, person.name, person.birth_date, person.sex, person.id_number)
     return PersonRead.model_validate(
-        {**person.model_dump(), "children": children, "possible_duplicates": similar}
+        {
+            **person.model_dump(exclude={"id_number"}),
+            "id_number_masked": idnumbers.mask(person.id_number),
+            "children": children,
+            "possible_duplicates": similar,
+        }
     )
+
+
+def id_number_of(session: Session, person_id: int) -> str:
+    """The record's full ID number, for a reveal (service.staff.reveal) or a look-up; reads mask it."""
+    return _load(session, person_id).id_number
 
 
 def update_person(session: Session, person_id: int, patch: PersonUpdate, staff_username: str) -> Person:

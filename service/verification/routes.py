@@ -12,6 +12,7 @@ from service.models import CaseStatus, Direction
 from service.schemas import DbId, PageNumber, PageSize
 from service.staff.dependencies import Actor, Reader
 from service.staff.idempotency import IdempotentWriteDep
+from service.staff.reveal import RevealedIdNumber, RevealRequest, revealed
 from service.staff.service import audit
 from service.subjects import NodeId
 from service.verification import service
@@ -64,10 +65,23 @@ def list_cases(
 
 @router.get("/{case_id:int}", response_model=CaseRead, responses=_errors(404))
 def read(case_id: DbId, session: SessionDep, staff: Reader) -> CaseRead:
-    """One case with its full message history and receipts."""
+    """One case with its full message history and receipts; the subject's ID number masked (the full
+    one: ``…/reveal``)."""
     case = service.get_case(session, case_id)
     audit(staff, "verification.read", f"case:{case_id}")
     return case
+
+
+@router.post("/{case_id:int}/reveal", response_model=RevealedIdNumber, responses=_errors(404, 422))
+def reveal(
+    case_id: DbId, data: RevealRequest, session: SessionDep, staff: Actor, response: Response
+) -> RevealedIdNumber:
+    """查看完整身份证号: the subject's full ID number, in this answer only, for a reason from the list
+    (operator or supervisor; an auditor may not). Audited as ``verification.reveal_id`` with the case
+    and the reason, never the number."""
+    number = service.subject_id_number(session, case_id)
+    response.headers["Cache-Control"] = "no-store"
+    return revealed(staff, "verification.reveal_id", f"case:{case_id}", data.reason, number)
 
 
 @router.post("/{case_id:int}/ack", response_model=CaseRead, responses=_errors(404, 409))

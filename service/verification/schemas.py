@@ -78,7 +78,9 @@ class ReplyCreate(BaseModel):
 
 
 class SubjectRead(BaseModel):
-    id_number: str
+    """The subject as reads show it: the ID number is the masked ``subject_id_number_masked`` beside it
+    (the full number: ``POST …/reveal``)."""
+
     name: str
     sex: str
     birth_date: date
@@ -111,7 +113,9 @@ class CaseRead(CaseSummary):
     outcome: Outcome | None
     findings: str | None
     created_by: str | None
-    messages: list[MessageRead]
+    messages: list[MessageRead] = Field(
+        description="the conversation's messages; a payload's subject has id_number_masked, not the number"
+    )
 
 
 class Page(BaseModel):

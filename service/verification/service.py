@@ -16,7 +16,7 @@ from service.config import Settings, get_settings
 from service.directory.service import get_peer
 from service.errors import Conflict, Forbidden, InvalidState, NotFound, UnknownRequest, ValidationFailed
 from service.exchange.envelope import Receipt
-from service.exchange.history import conversation
+from service.exchange.history import MessageRead, conversation
 from service.exchange.inbox import InboundMessage
 from service.exchange.outbox import enqueue
 from service.models import (
@@ -242,11 +242,10 @@ def get_case(session: Session, case_id: int) -> CaseRead:
     case = session.get(VerificationCase, case_id)
     if case is None:
         raise NotFound(f"no case {case_id}")
-    messages = conversation(session, case.request_message_id, PHASE)
+    messages = masked_messages(conversation(session, case.request_message_id, PHASE))
     return CaseRead(
         **summary(case, utcnow()).model_dump(),
         subject=SubjectRead(
-            id_number=case.subject_id_number,
             name=case.subject_name,
             sex=case.subject_sex.value,
             birth_date=case.subject_birth_date,
@@ -258,6 +257,27 @@ def get_case(session: Session, case_id: int) -> CaseRead:
         created_by=case.created_by,
         messages=messages,
     )
+
+
+def subject_id_number(session: Session, case_id: int) -> str:
+    """The subject's full ID number, for a reveal (service.staff.reveal); reads mask it."""
+    case = session.get(VerificationCase, case_id)
+    if case is None:
+        raise NotFound(f"no case {case_id}")
+    return case.subject_id_number
+
+
+def masked_messages(messages: list[MessageRead]) -> list[MessageRead]:
+    """Messages as reads show them: a payload's ``subject.id_number`` becomes ``id_number_masked``."""
+    return [m.model_copy(update={"payload": _masked_payload(m.payload)}) for m in messages]
+
+
+def _masked_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    subject = payload.get("subject")
+    if not isinstance(subject, dict) or not isinstance(subject.get("id_number"), str):
+        return payload
+    rest = {k: v for k, v in subject.items() if k != "id_number"}
+    return {**payload, "subject": {"id_number_masked": idnumbers.mask(subject["id_number"]), **rest}}
 
 
 def summary(case: VerificationCase, now: datetime) -> CaseSummary:

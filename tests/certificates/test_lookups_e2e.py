@@ -144,7 +144,10 @@ def test_origin_registry_through_the_staff_api(network: NetworkFactory) -> None:
     assert holder_id is not None
     read = origin.api("GET", "/api/v1/certificates/1")
     assert read.status_code == 200, read.text
-    assert read.json()["certificate"]["holder"]["id_number"] == number
+    assert read.json()["certificate"]["holder"]["id_number_masked"] == number[:4] + "*" * 10 + number[-4:]
+    assert number not in read.text  # the certificate and its versions: the holder's number masked
+    shown = origin.api("POST", f"/api/v1/people/{holder_id}/reveal", json={"reason": "service"})
+    assert (shown.status_code, shown.json()["id_number"]) == (200, number)
     patch = origin.api(
         "PATCH",
         "/api/v1/certificates/1",

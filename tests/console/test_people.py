@@ -298,6 +298,10 @@ def test_revealing_the_number_needs_a_reason_and_an_auditor_may_not(page: Page, 
     page.get_by_role("button", name="显示完整号码").click()
     expect(page.locator("#id-number strong")).to_have_text(number)
     assert number not in page.url
+    # The staff API's reveal audit line too (service/staff/reveal.py), never the number.
+    log = host.log_path.read_text(encoding="utf-8") if host.log_path else ""
+    assert f"action=people.reveal_id target=person:{person_id} reason:identity" in log
+    assert number not in log
 
     sign_in(page, host, Role.auditor)
     page.goto(f"{host.url}/console/people/{person_id}")

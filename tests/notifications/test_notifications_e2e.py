@@ -75,7 +75,9 @@ def test_every_kind_crosses_and_staff_acks_cross_back(network: NetworkFactory) -
         assert incoming["due_at"] is not None
         assert incoming["subject_id_number_masked"] == "4116**********0024"
         read = detail(origin, incoming["id"])
-        assert (read["kind"], read["details"], read["subject"]) == (kind, VALID[kind], SUBJECT)
+        unmasked = {k: v for k, v in SUBJECT.items() if k != "id_number"}
+        assert (read["kind"], read["details"], read["subject"]) == (kind, VALID[kind], unmasked)
+        assert SUBJECT["id_number"] not in json.dumps(read)  # the payload's subject is masked too
         ack = origin.api("POST", f"{API}/{incoming['id']}/ack")
         assert ack.status_code == 200, ack.text
         assert (ack.json()["status"], ack.json()["auto_acknowledged"]) == ("acknowledged", False)

@@ -371,7 +371,12 @@ def test_read_shows_details_subject_and_messages(session: Session) -> None:
     assert sent.id is not None
     read = service.get_notification(session, sent.id)
     assert read.details == VALID["pregnancy"]
-    assert read.subject.id_number == SUBJECT["id_number"]
+    assert (read.subject_id_number_masked, read.subject.name) == ("4116**********0024", SUBJECT["name"])
+    assert SUBJECT["id_number"] not in read.model_dump_json()  # the message payload's subject too
+    assert read.messages[0].payload["subject"]["id_number_masked"] == "4116**********0024"
+    assert service.subject_id_number(session, sent.id) == SUBJECT["id_number"]  # for a reveal only
     assert [(m.type, m.direction) for m in read.messages] == [("notification", "sent")]
     with pytest.raises(NotFound):
         service.get_notification(session, 4242)
+    with pytest.raises(NotFound):
+        service.subject_id_number(session, 4242)

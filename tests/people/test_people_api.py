@@ -45,9 +45,11 @@ def test_register_create_search_import_merge_and_roles(network: NetworkFactory, 
     jinshui, _taikang = network([(HERE, "金水区"), (ORIGIN, "太康县")])
     auditor, supervisor = token(jinshui, Role.auditor), token(jinshui, Role.supervisor)
 
+    number = person(seq=1)["id_number"]
     created = jinshui.api("POST", "/api/v1/people", json=person(seq=1, arrived_on="2026-01-02"))
     assert created.status_code == 201, created.text
     first = created.json()
+    assert number not in created.text  # the answer masks the number the caller sent
     assert (first["origin_node"], first["possible_duplicates"]) == (ORIGIN, [])
 
     again = jinshui.api("POST", "/api/v1/people", json=person(seq=1))
@@ -66,21 +68,22 @@ def test_register_create_search_import_merge_and_roles(network: NetworkFactory, 
     assert alike.json()["possible_duplicates"] == [first["id"]]
 
     assert call(jinshui, auditor, "POST", "/api/v1/people", json=person(seq=3)).status_code == 403
-    listed = call(jinshui, auditor, "POST", "/api/v1/people/search", json={"id_number": first["id_number"]})
+    listed = call(jinshui, auditor, "POST", "/api/v1/people/search", json={"id_number": number})
     assert listed.status_code == 200
     assert listed.json()["total"] == 1
-    assert (
-        listed.json()["items"][0]["id_number_masked"]
-        == first["id_number"][:4] + "*" * 10 + first["id_number"][-4:]
-    )
-    assert first["id_number"] not in listed.text
-    assert (
-        call(jinshui, auditor, "GET", f"/api/v1/people/{first['id']}").json()["id_number"]
-        == first["id_number"]
-    )
+    assert listed.json()["items"][0]["id_number_masked"] == number[:4] + "*" * 10 + number[-4:]
+    assert number not in listed.text
+    read = call(jinshui, auditor, "GET", f"/api/v1/people/{first['id']}")
+    assert read.json()["id_number_masked"] == first["id_number_masked"] == number[:4] + "*" * 10 + number[-4:]
+    assert number not in read.text
+    reveal, path = {"reason": "identity"}, f"/api/v1/people/{first['id']}/reveal"
+    assert call(jinshui, auditor, "POST", path, json=reveal).status_code == 403  # an auditor reads only
+    shown = jinshui.api("POST", path, json=reveal)
+    assert (shown.status_code, shown.json()["id_number"]) == (200, number)
 
     patched = jinshui.api("PATCH", f"/api/v1/people/{first['id']}", json={"marital_status": "first_marriage"})
     assert (patched.status_code, patched.json()["marital_status"]) == (200, "first_marriage")
+    assert number not in patched.text
 
     # Import: line 3 is bad (birth date), the rest stored; an unknown header refuses the file.
     content = "\n".join([CN, csv_row(10, "张丽"), csv_row(11, "赵敏", "1995-03-09"), csv_row(12, "钱芳")])
@@ -114,6 +117,7 @@ def test_register_create_search_import_merge_and_roles(network: NetworkFactory, 
     assert jinshui.api("POST", f"/api/v1/people/{first['id']}/merge", json=merge).status_code == 403
     merged = call(jinshui, supervisor, "POST", f"/api/v1/people/{first['id']}/merge", json=merge)
     assert merged.status_code == 200, merged.text
+    assert number not in merged.text
     assert jinshui.api("POST", "/api/v1/people/search", json={"name": "王秀英"}).json()["total"] == 1
     both = jinshui.api(
         "POST", "/api/v1/people/search", json={"name": "王秀英", "include_merged": True}

@@ -169,7 +169,8 @@ def test_auditor_reads_but_cannot_create(pair: Pair) -> None:
     assert created.json()["request_id"] in {c["request_id"] for c in listed.json()["items"]}
     detail = pair.call(pair.jinshui, "auditor", "GET", f"{CASES}/{created.json()['id']}")
     assert detail.status_code == 200, detail.text
-    assert detail.json()["subject"]["id_number"] == SUBJECT["id_number"]
+    assert detail.json()["subject_id_number_masked"] == "4116**********0024"
+    assert SUBJECT["id_number"] not in detail.text
     before = listed.json()["total"]
     refused = new_request(pair, "auditor")
     assert_problem(refused, 403, "forbidden")
