@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 from datetime import date
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from service.exchange.client import AnswerTooLarge, read_bounded
 from service.localnet import LocalNode
 from service.models import Peer
 from tests.conftest import NetworkFactory
+from tests.exchange.loop_server import LoopServer
 from tests.exchange.test_delivery_e2e import database
 from tests.people.factories import id_number
 
@@ -29,45 +29,14 @@ MIB = 1024 * 1024
 Mode = Literal["flood", "declared", "drip"]
 
 
-class BadPeer:
+class BadPeer(LoopServer):
     """Answers every request on 127.0.0.1 with a 200 whose body never ends: ``flood`` sends it as
     fast as it is read (no length), ``declared`` announces 1.5 GiB, ``drip`` a byte a second."""
 
     def __init__(self, mode: Mode) -> None:
         self.mode = mode
         self.sent = 0  # body bytes written, all connections
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bad-peer", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> BadPeer:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-        tasks = asyncio.all_tasks(self._loop)
-        for task in tasks:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.run_until_complete(asyncio.sleep(0.1))  # let the closed transports go
-        self._loop.close()
+        super().__init__("bad-peer")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

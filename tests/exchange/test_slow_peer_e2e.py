@@ -25,6 +25,7 @@ import pytest
 from service.localnet import LocalNode, wait_for
 from service.models import OutboxStatus, Peer
 from tests.conftest import NetworkFactory
+from tests.exchange.loop_server import LoopServer
 from tests.exchange.test_delivery_e2e import (
     assert_signed_receipt,
     database,
@@ -44,7 +45,7 @@ CIRCUIT_FAILURES = 3  # the default of YIPANQI_RELAY_CIRCUIT_FAILURES
 BAD_PHASE = 10.0  # seconds from the first message the bad peer stays bad, at least
 
 
-class BadProxy:
+class BadProxy(LoopServer):
     """A TCP proxy on 127.0.0.1 in front of ``upstream_port``, on an asyncio loop in its own thread."""
 
     def __init__(self, upstream_port: int) -> None:
@@ -53,37 +54,7 @@ class BadProxy:
         self.connections = 0
         self.open = 0
         self.most_open = 0  # connections open at once while bad
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bad-proxy", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-        server.close()
-        tasks = asyncio.all_tasks(self._loop)
-        for task in tasks:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        self._loop.run_until_complete(server.wait_closed())
-        self._loop.run_until_complete(asyncio.sleep(0.1))  # let the closed transports go
-        self._loop.close()
+        super().__init__("bad-proxy")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
