@@ -185,10 +185,12 @@ def test_a_node_killed_mid_burst_creates_each_request_once(sender: tuple[LocalNo
     burst = asyncio.run(retrying_burst(jinshui, taikang.node_id, kill_and_restart))
     assert kills == 1
     check_exactly_once(burst, stored(jinshui))
-    # The kill met requests in flight: they failed and were sent again; and some had committed
-    # before it (their answers lost): the retry answered their first answer.
+    # The kill met requests in flight: they failed and were sent again. Whether one had committed
+    # with its answer lost (a retry then answers the first answer: ``burst.replayed``) depends on
+    # the moment of the kill, so it is printed, not asserted; that path is asserted, every time,
+    # in tests/staff/test_idempotency.py (the same key answers the first answer, and a failure
+    # after the commit still answers 201).
     assert sum(burst.failures.values()) > 0, burst.failures
-    assert burst.replayed > 0, burst.failures
 
 
 # --- (b) the database cut for a few seconds (PostgreSQL) -------------------------------------------
