@@ -89,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         new_session,
         app.state.signer,
         hooks,
+        bulk_hooks={e.message_type: e.on_receipts for e in PEER_ENDPOINTS if e.on_receipts is not None},
         metrics=app.state.metrics,
         peer_keys=app.state.peer_keys,  # answers' signatures checked from memory, no database lock
     )

@@ -4,10 +4,12 @@ they cover: the message's own, or the batch's that carried it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
-from sqlmodel import Session
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
 
 from service.models import EvidenceSentRequest
 from service.signing.http import VerifiedSignature
@@ -59,3 +61,25 @@ def record_sent(session: Session, message_id: str, sent: SentRequest | None) -> 
         )
     )
     session.flush()
+
+
+def record_sent_many(session: Session, sent: Mapping[str, SentRequest]) -> None:
+    """``record_sent`` for several delivered messages (a batch's: message id → its attempt), one
+    SELECT and one INSERT statement."""
+    if not sent:
+        return
+    query = select(EvidenceSentRequest.message_id).where(col(EvidenceSentRequest.message_id).in_(sent))
+    kept = set(session.exec(query).all())
+    rows = [
+        {
+            "message_id": message_id,
+            "path": s.path,
+            "digest": s.digest,
+            "signature_input": s.signature_input,
+            "signature": s.signature,
+        }
+        for message_id, s in sent.items()
+        if message_id not in kept
+    ]
+    if rows:
+        session.connection().execute(insert(EvidenceSentRequest.__table__), rows)  # type: ignore[attr-defined]

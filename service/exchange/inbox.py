@@ -58,6 +58,9 @@ QueryHandler = Callable[[Session, InboundMessage[Any]], BaseModel | DomainError]
 Admission = Callable[[Any, str], AbstractContextManager[object]]
 # The sender's hook, run once when the peer's signed receipt is stored.
 ReceiptHook = Callable[[Session, OutboxMessage, Receipt], None]
+# The same for several deliveries at once (a batch's), with the same effects as the hook run for
+# each in turn; given the outbox rows as they were loaded for the delivery (before it is recorded).
+BulkReceiptHook = Callable[[Session, Sequence[tuple[OutboxMessage, Receipt]]], None]
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class PeerEndpoint:
     # Optional, beside ``handle``: the same for a batch's run of messages of this type at once.
     handle_many: BulkHandler | None = None
     on_receipt: ReceiptHook | None = None
+    on_receipts: BulkReceiptHook | None = None  # optional, beside on_receipt: a batch's deliveries
     summary: str = ""
     answer: QueryHandler | None = None  # synchronous: answered at once with a signed 200
     admit: Admission | None = None  # synchronous only: a per-peer limit (certificate look-ups)
@@ -81,6 +85,8 @@ class PeerEndpoint:
             raise ValueError(f"{self.message_type}: give exactly one of handle (asynchronous) or answer")
         if self.handle_many is not None and self.handle is None:
             raise ValueError(f"{self.message_type}: handle_many goes with handle, never alone")
+        if self.on_receipts is not None and self.on_receipt is None:
+            raise ValueError(f"{self.message_type}: on_receipts goes with on_receipt, never alone")
         if self.admit is not None and self.answer is None:
             raise ValueError(f"{self.message_type}: admit goes with answer (a synchronous endpoint)")
 

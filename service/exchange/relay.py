@@ -49,13 +49,14 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 from sqlalchemy import bindparam, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, select
 
 from service.clock import utcnow
 from service.config import Settings
 from service.directory.service import PeerKeys, get_peer, resolve_key
 from service.errors import DomainError
-from service.evidence.record import SentRequest, record_sent, sent_request
+from service.evidence.record import SentRequest, record_sent, record_sent_many, sent_request
 from service.exchange import batch
 from service.exchange.client import (
     BatchLimits,
@@ -68,7 +69,7 @@ from service.exchange.client import (
     verify_answer,
 )
 from service.exchange.envelope import Receipt
-from service.exchange.inbox import ReceiptHook
+from service.exchange.inbox import BulkReceiptHook, ReceiptHook
 from service.exchange.outbox import claim_due, on_outbox_commit, release_leases, renew_leases
 from service.models import OutboxMessage, OutboxStatus
 from service.signing.http import VerifiedSignature
@@ -165,6 +166,7 @@ class Relay:
         signer: NodeSigner,
         hooks: Mapping[str, ReceiptHook],
         client: PeerClient | None = None,
+        bulk_hooks: Mapping[str, BulkReceiptHook] | None = None,
         metrics: RelayMetrics | None = None,
         peer_keys: PeerKeys | None = None,
     ) -> None:
@@ -174,6 +176,7 @@ class Relay:
         self.session_factory = session_factory
         self.signer = signer
         self.hooks = hooks
+        self.bulk_hooks = bulk_hooks or {}
         self.client = client or PeerClient(timeout=settings.peer_timeout_seconds)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Last sign of life: the loop went round or a delivery finished (for /readyz).
@@ -642,11 +645,14 @@ class Relay:
         results: list[tuple[OutboxMessage, str]] = []
         failures: list[dict[str, Any]] = []
         given_back: list[dict[str, Any]] = []
+        deliveries = [(r, a) for r, a in outcomes if a.result == "delivered" and a.receipt is not None]
         with self.session_factory() as session:
+            in_bulk = len(deliveries) > 1 and self._record_deliveries(session, deliveries, now)
             for row, attempt in outcomes:
                 if attempt.result == "delivered" and attempt.receipt is not None:
-                    if len(outcomes) == 1:
-                        self._record_delivery(session, row, attempt, now)
+                    if len(outcomes) == 1 or in_bulk:
+                        if not in_bulk:
+                            self._record_delivery(session, row, attempt, now)
                         results.append((row, "delivered"))
                         continue
                     try:
@@ -724,22 +730,52 @@ class Relay:
                 error,
             )
 
+    def _record_deliveries(
+        self, session: Session, deliveries: list[tuple[OutboxMessage, Attempt]], now: datetime
+    ) -> bool:
+        """``_record_delivery`` for each of a batch's deliveries, in a few statements for all of them
+        (the receipt hooks' bulk forms where they have one), in one SAVEPOINT. False if it failed
+        (logged): nothing of it is left, and the caller records each delivery on its own."""
+        try:
+            with session.begin_nested():
+                connection = session.connection()
+                ids = [row.message_id for row, _attempt in deliveries]
+                query = sql_select(_OUTBOX.c.message_id).where(
+                    _OUTBOX.c.message_id.in_(ids), _OUTBOX.c.status != OutboxStatus.delivered
+                )
+                if connection.dialect.name == "postgresql":  # another replica's recording waits for ours
+                    query = query.with_for_update()
+                open_ids = set(connection.execute(query).scalars())
+                todo = [(row, a) for row, a in deliveries if row.message_id in open_ids]  # else recorded
+                if not todo:
+                    return True
+                connection.execute(_DELIVERED, [_delivered(row, a, now) for row, a in todo])
+                record_sent_many(session, {row.message_id: a.sent for row, a in todo if a.sent is not None})
+                by_type: dict[str, list[tuple[OutboxMessage, Receipt]]] = {}
+                for row, attempt in todo:
+                    assert attempt.receipt is not None
+                    by_type.setdefault(row.type, []).append((row, attempt.receipt))
+                for message_type, receipts in by_type.items():
+                    if (bulk := self.bulk_hooks.get(message_type)) is not None:
+                        bulk(session, receipts)
+                    elif (hook := self.hooks.get(message_type)) is not None:
+                        for row, receipt in receipts:
+                            fresh = session.get(OutboxMessage, row.message_id)
+                            assert fresh is not None
+                            hook(session, fresh, receipt)
+        except Exception:
+            log.exception("recording a batch's deliveries failed count=%d; one by one", len(deliveries))
+            return False
+        for row, _attempt in todo:
+            if self.metrics is not None:
+                self.metrics.delivered(row.type, row.created_at, now)
+            log.info("delivered message_id=%s type=%s recipient=%s", row.message_id, row.type, row.recipient)
+        return True
+
     def _record_delivery(self, session: Session, row: OutboxMessage, attempt: Attempt, now: datetime) -> None:
         receipt = attempt.receipt
         assert receipt is not None
-        result = session.connection().execute(
-            _DELIVERED,
-            {
-                "b_id": row.message_id,
-                "b_now": now,
-                "b_receipt_status": attempt.status,
-                "b_body": attempt.body,
-                "b_input": attempt.signature_input,
-                "b_signature": attempt.signature,
-                "b_received_at": receipt.received_at,
-                "b_due_at": receipt.due_at,
-            },
-        )
+        result = session.connection().execute(_DELIVERED, _delivered(row, attempt, now))
         if result.rowcount != 1:  # recorded already (another replica's delivery of it)
             return
         record_sent(session, row.message_id, attempt.sent)
@@ -750,6 +786,21 @@ class Relay:
             assert fresh is not None
             hook(session, fresh, receipt)
         log.info("delivered message_id=%s type=%s recipient=%s", row.message_id, row.type, row.recipient)
+
+
+def _delivered(row: OutboxMessage, attempt: Attempt, now: datetime) -> dict[str, Any]:
+    """The parameters of ``_DELIVERED`` for a delivery with its receipt."""
+    assert attempt.receipt is not None
+    return {
+        "b_id": row.message_id,
+        "b_now": now,
+        "b_receipt_status": attempt.status,
+        "b_body": attempt.body,
+        "b_input": attempt.signature_input,
+        "b_signature": attempt.signature,
+        "b_received_at": attempt.receipt.received_at,
+        "b_due_at": attempt.receipt.due_at,
+    }
 
 
 # What record_many writes, prepared once (each row's values bound as parameters).

@@ -14,6 +14,7 @@ ENDPOINTS = (
         handle=service.receive_notification,
         handle_many=service.receive_notifications,
         on_receipt=service.on_notification_receipt,
+        on_receipts=service.on_notification_receipts,
         summary="通报: a notification of a service or event; its receipt's due_at is the ack deadline",
     ),
     PeerEndpoint(

@@ -169,6 +169,30 @@ def on_notification_receipt(session: Session, message: OutboxMessage, receipt: R
     session.expire(notification, ["received_at", "due_at", "status", "updated_at"])
 
 
+def on_notification_receipts(session: Session, deliveries: Sequence[tuple[OutboxMessage, Receipt]]) -> None:
+    """``on_notification_receipt`` for a batch's deliveries (``PeerEndpoint.on_receipts``): the same
+    change to each notification, one SELECT and one UPDATE statement for all of them. Raises
+    UnknownRequest, changing nothing, if one has no notification (the relay then runs the hook for
+    each delivery on its own, and only that one fails)."""
+    message_ids = [message.message_id for message, _receipt in deliveries]
+    found = set(
+        session.exec(select(Notification.message_id).where(col(Notification.message_id).in_(message_ids)))
+    )
+    missing = [m for m in message_ids if m not in found]
+    if missing:
+        raise UnknownRequest(f"no notification {missing[0]}")
+    now = utcnow()
+    session.connection().execute(
+        _RECEIPTED,
+        [
+            {"b_mid": message.message_id, "b_received_at": r.received_at, "b_due_at": r.due_at, "b_now": now}
+            for message, r in deliveries
+        ],
+    )
+    for stale in [o for o in session.identity_map.values() if isinstance(o, Notification)]:
+        session.expire(stale, ["received_at", "due_at", "status", "updated_at"])
+
+
 @dataclass
 class _AckTarget:
     """What decides whether an ack is taken: the notification's direction, peer and acknowledged_at."""
@@ -527,6 +551,22 @@ _ACKNOWLEDGED = (
         ack_received_at=bindparam("b_ack_received_at"),
         status=NotificationStatus.acknowledged,
         updated_at=bindparam("b_updated_at"),
+    )
+)
+
+
+# on_notification_receipts' change to each notification: what on_notification_receipt sets.
+_RECEIPTED = (
+    update(_NOTIFICATION)
+    .where(_NOTIFICATION.c.message_id == bindparam("b_mid"))
+    .values(
+        received_at=bindparam("b_received_at"),
+        due_at=bindparam("b_due_at"),
+        status=case(
+            (_NOTIFICATION.c.status == NotificationStatus.queued, NotificationStatus.delivered),
+            else_=_NOTIFICATION.c.status,
+        ),
+        updated_at=bindparam("b_now"),
     )
 )
 

@@ -23,7 +23,7 @@ import respx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session, SQLModel, col, select
 
 from service.clock import clock, utcnow
 from service.config import Settings
@@ -34,7 +34,7 @@ from service.exchange.client import PeerClient
 from service.exchange.envelope import canonical_json, receipt_body
 from service.exchange.outbox import enqueue
 from service.exchange.relay import Relay
-from service.models import OutboxMessage, OutboxStatus, Peer, PeerKey
+from service.models import EvidenceSentRequest, OutboxMessage, OutboxStatus, Peer, PeerKey
 from service.signing.http import (
     RequestBinding,
     content_digest,
@@ -568,3 +568,89 @@ def test_batches_keep_to_the_peers_limits(world: World, peer: respx.Router) -> N
     assert all(len(c.request.content) <= 4096 for c in batches.calls)
     assert singles.call_count == 3  # the warm-up and the big one
     assert {world.row(m).status for m in ids} == {OutboxStatus.delivered}
+
+
+# --- recording a batch's deliveries ----------------------------------------------------------------------
+
+
+def _evidence(world: World, message_ids: list[str]) -> dict[str, tuple[str, str]]:
+    with Session(world.engine) as session:
+        rows = session.exec(
+            select(EvidenceSentRequest).where(col(EvidenceSentRequest.message_id).in_(message_ids))
+        ).all()
+        return {r.message_id: (r.path, r.digest) for r in rows}
+
+
+@pytest.mark.parametrize("bulk_fails", [False, True], ids=["bulk", "bulk-fails-then-one-by-one"])
+def test_a_batchs_deliveries_are_recorded_as_one_by_one(
+    world: World, peer: respx.Router, bulk_fails: bool
+) -> None:
+    """The bulk hook takes every delivery of the batch at once, with its receipt; the outbox rows
+    and the sent request kept as evidence are the same as a single delivery's. If the bulk form
+    fails, nothing of it is left and each delivery is recorded on its own (the per-row hook)."""
+    relay = _batching_relay(world, peer)
+    world.hook.reset_mock()
+    bulk = Mock(side_effect=RuntimeError("a bug in the bulk hook") if bulk_fails else None)
+    relay.bulk_hooks = {REQUEST: bulk}
+    route = peer.post(BATCH).mock(side_effect=batch_answer(world))
+    ids = world.enqueue(6)
+    assert run_once(relay) == 6
+    assert bulk.call_count == 1
+    _session, deliveries = bulk.call_args.args
+    assert [row.message_id for row, _receipt in deliveries] == ids
+    assert [str(receipt.message_id) for _row, receipt in deliveries] == ids
+    assert world.hook.call_count == (6 if bulk_fails else 0)
+    digest = route.calls.last.request.headers["Content-Digest"]
+    assert _evidence(world, ids) == dict.fromkeys(ids, ("/peer/v1/batch", digest))
+    for message_id in ids:
+        row = world.row(message_id)
+        assert (row.status, row.receipt_status, row.lease_owner) == (OutboxStatus.delivered, 202, None)
+        assert row.receipt_received_at is not None
+        assert row.receipt_due_at is not None
+
+
+def test_a_delivery_whose_hook_fails_stays_leased_and_the_others_are_recorded(
+    world: World, peer: respx.Router
+) -> None:
+    relay = _batching_relay(world, peer)
+    ids = world.enqueue(4)
+    relay.bulk_hooks = {REQUEST: Mock(side_effect=RuntimeError("bulk"))}
+
+    def hook(_session: Session, row: OutboxMessage, _receipt: object) -> None:
+        if row.message_id == ids[2]:
+            raise RuntimeError("a bug on this one message's data")
+
+    world.hook.side_effect = hook
+    peer.post(BATCH).mock(side_effect=batch_answer(world))
+    assert run_once(relay) == 4
+    rows = [world.row(m) for m in ids]
+    assert [r.status for r in rows] == [OutboxStatus.delivered] * 2 + [
+        OutboxStatus.pending,
+        OutboxStatus.delivered,
+    ]
+    assert rows[2].lease_owner is not None  # tried again when the lease runs out
+    assert set(_evidence(world, ids)) == {ids[0], ids[1], ids[3]}
+
+
+def test_a_delivery_recorded_already_is_not_recorded_again(world: World, peer: respx.Router) -> None:
+    """Another replica recorded one of the batch's messages meanwhile: its row and evidence stay as
+    they are, and the hook is not run for it a second time."""
+    relay = _batching_relay(world, peer)
+    bulk = Mock()
+    relay.bulk_hooks = {REQUEST: bulk}
+    ids = world.enqueue(3)
+
+    def answer_and_record_one(request: httpx.Request) -> httpx.Response:
+        with Session(world.engine) as session:
+            row = session.get(OutboxMessage, ids[1])
+            assert row is not None
+            row.status, row.receipt_status = OutboxStatus.delivered, 299
+            session.add(row)
+            session.commit()
+        return batch_answer(world)(request)
+
+    peer.post(BATCH).mock(side_effect=answer_and_record_one)
+    assert run_once(relay) == 3
+    assert [row.message_id for row, _r in bulk.call_args.args[1]] == [ids[0], ids[2]]
+    assert world.row(ids[1]).receipt_status == 299
+    assert set(_evidence(world, ids)) == {ids[0], ids[2]}

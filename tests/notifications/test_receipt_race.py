@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel, select
 
 from service.db import make_engine
+from service.errors import UnknownRequest
 from service.exchange.envelope import Envelope, Receipt
 from service.exchange.inbox import InboundMessage
 from service.models import Notification, NotificationStatus, OutboxMessage, Peer
@@ -60,10 +61,11 @@ def sent_notification(engine: Engine) -> tuple[str, OutboxMessage]:
     )
     signer = NodeSigner(HOST, "金水区", f"{HOST}/k1", Ed25519PrivateKey.generate())
     with Session(engine, expire_on_commit=False) as session:
-        session.add(Peer(node_id=ORIGIN, name="太康县", url="http://127.0.0.1:9"))
-        session.flush()
+        if session.get(Peer, ORIGIN) is None:
+            session.add(Peer(node_id=ORIGIN, name="太康县", url="http://127.0.0.1:9"))
+            session.flush()
         sent = service.create_outgoing(session, signer, data, None)
-        message = session.exec(select(OutboxMessage)).one()
+        message = session.exec(select(OutboxMessage).where(OutboxMessage.message_id == sent.message_id)).one()
         session.commit()
     return sent.message_id, message
 
@@ -130,30 +132,56 @@ def test_an_ack_committed_while_the_receipt_is_recorded_stays(
     assert_acknowledged_with_the_receipt(engine, message_id)
 
 
-def test_an_ack_stored_after_the_notification_was_read_stays(engine: Engine) -> None:
+def record(session: Session, message: OutboxMessage, other: OutboxMessage | None) -> None:
+    """The receipt recorded by the hook, or by its bulk form (a batch's deliveries) with ``other``."""
+    if other is not None:
+        service.on_notification_receipts(session, [(other, receipt(other)), (message, receipt(message))])
+    else:
+        service.on_notification_receipt(session, message, receipt(message))
+
+
+BULK = pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+
+
+@BULK
+def test_an_ack_stored_after_the_notification_was_read_stays(engine: Engine, bulk: bool) -> None:
     """The receipt's session read the notification (queued) before the ack was stored, and still
     holds that object when it records the receipt."""
     message_id, message = sent_notification(engine)
+    other = sent_notification(engine)[1] if bulk else None
     with Session(engine, expire_on_commit=False) as session:
         held = stored_in(session, message_id)
         assert held.status == NotificationStatus.queued
         session.commit()
         store_ack(engine, message_id)
-        service.on_notification_receipt(session, message, receipt(message))
+        record(session, message, other)
         session.commit()
         assert stored_in(session, message_id).status == NotificationStatus.acknowledged  # not the stale value
     assert_acknowledged_with_the_receipt(engine, message_id)
 
 
-def test_a_receipt_first_then_the_ack(engine: Engine) -> None:
+@BULK
+def test_a_receipt_first_then_the_ack(engine: Engine, bulk: bool) -> None:
     message_id, message = sent_notification(engine)
+    other = sent_notification(engine)[1] if bulk else None
     with Session(engine) as session:
-        service.on_notification_receipt(session, message, receipt(message))
+        record(session, message, other)
         session.commit()
     assert stored(engine, message_id).status == NotificationStatus.delivered
+    if other is not None:
+        assert stored(engine, other.message_id).status == NotificationStatus.delivered
     store_ack(engine, message_id)
     assert_acknowledged_with_the_receipt(engine, message_id)
 
 
 def stored_in(session: Session, message_id: str) -> Notification:
     return session.exec(select(Notification).where(Notification.message_id == message_id)).one()
+
+
+def test_the_bulk_hook_changes_nothing_if_one_notification_is_missing(engine: Engine) -> None:
+    message_id, message = sent_notification(engine)
+    gone = OutboxMessage.model_validate(message.model_dump() | {"message_id": str(uuid.uuid4())})
+    with Session(engine) as session, pytest.raises(UnknownRequest):
+        service.on_notification_receipts(session, [(message, receipt(message)), (gone, receipt(gone))])
+    row = stored(engine, message_id)
+    assert (row.status, row.received_at) == (NotificationStatus.queued, None)
