@@ -2,7 +2,7 @@
 
     python bench/batch.py [--messages 20000] [--batch-size 1000] [--concurrency 2]
                           [--backend sqlite|postgres] [--type notification|verification.request]
-                          [--singles 400] [--breakdown] [--profile]
+                          [--singles 400] [--workers 1] [--breakdown] [--profile]
 
 It starts, as bench/load.py does, a node of its own: ``yipanqi serve`` for 太康县 (411627), one
 process, one uvicorn worker, relay off, every other setting at its default, trusting 金水区
@@ -15,7 +15,9 @@ came back ``202`` and that the node's inbox holds exactly the messages sent, and
 
 - messages/s = items accepted / (last answer − first request), and batches/s;
 - p50 / p99 of a batch's round trip;
-- the node process's CPU over the run (user + system, % of one core, from /proc);
+- the node process's CPU over the run (user + system, % of one core, from /proc; with
+  ``--workers N``, PostgreSQL only, the node is ``yipanqi serve --workers N`` and its worker
+  processes' CPU is counted too);
 - for comparison, ``--singles`` of the same messages sent one request each (4 connections).
 
 ``--breakdown`` also times, in this process on a temporary SQLite file, each step the node takes for
@@ -116,8 +118,16 @@ def signed(signer: NodeSigner, path: str, body: bytes) -> dict[str, str]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU of process ``pid`` and of its children alive now (``--workers``: uvicorn's)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            proc, fields = stat.parent.name, stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if proc == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @dataclass
@@ -206,7 +216,7 @@ def bench_node(args: argparse.Namespace, root: Path) -> None:
                 signer = load_signer(session, sender.data_dir / "keys")
         finally:
             engine.dispose()
-        node.start(tied=True)
+        node.start(tied=True, workers=args.workers)
         try:
             assert node.process is not None
             pid = node.process.pid
@@ -259,7 +269,7 @@ def bench_node(args: argparse.Namespace, root: Path) -> None:
     load = os.getloadavg()
     print(
         f"yipanqi batch bench — {os.cpu_count()} cores, load average {load[0]:.2f}; backend {args.backend};"
-        f" {args.type}; one node process, one uvicorn worker"
+        f" {args.type}; one node, {args.workers} uvicorn worker process(es)"
     )
     print(
         f"batch:  {run.messages:,} of {args.messages:,} messages accepted in {run.requests} batches of {size}"
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--singles", type=int, default=400, help="also send this many one request each (0: not)"
     )
+    parser.add_argument("--workers", type=int, default=1, help="yipanqi serve --workers (PostgreSQL only)")
     parser.add_argument("--pg-url", default=os.environ.get("YIPANQI_TEST_DATABASE_URL", DEFAULT_PG))
     parser.add_argument("--breakdown", action="store_true", help="also time each step in this process")
     parser.add_argument("--profile", action="store_true", help="with --breakdown: profile the storing step")

@@ -177,8 +177,8 @@ class LocalNode:
         finally:
             engine.dispose()
 
-    def start(self, log_path: Path | None = None, *, tied: bool = False) -> None:
-        """Start ``yipanqi serve`` and wait until it is ready.
+    def start(self, log_path: Path | None = None, *, tied: bool = False, workers: int = 1) -> None:
+        """Start ``yipanqi serve`` (``--workers``: processes, PostgreSQL only) and wait until it is ready.
 
         ``tied`` (the demo): the node gets a process group of its own, so a Ctrl-C in the terminal
         reaches the parent alone, which stops its nodes in order; and on Linux the node is sent
@@ -190,7 +190,8 @@ class LocalNode:
         self.log_path = log_path or self.data_dir / "node.log"
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
