@@ -26,13 +26,23 @@ know the name learns nothing, not even that the number holds a certificate (``fo
 Every lookup answered or refused is recorded in ``lookup_log``: who asked (node and key), when, for
 what, with what standing, refused or found, the masked number, and the person (by id) whenever the
 number is in the register — her page lists who looked her up. Logs carry the person's id only.
+
+For the evidence log (docs/security/evidence.md) the same row keeps the request as signed — its
+``@path``, Content-Digest, Signature-Input and Signature, taken from the request by ``admit`` (which
+runs after the signature was verified and holds for the whole request) — and what was answered
+(status, the answer body's Content-Digest), never the body itself (it holds the ID number). A
+rejected request stores nothing (the transaction is rolled back). The sealer seals the row as an
+entry of kind ``lookup_answered``.
 """
 
 from __future__ import annotations
 
 import logging
 import unicodedata
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
@@ -44,6 +54,9 @@ from service.certificates.service import document, ensure_certificate
 from service.certificates.throttle import peer_limits
 from service.config import get_settings
 from service.errors import Conflict, DomainError
+from service.evidence.chain import content_digest
+from service.evidence.record import ANSWER_STATE, SentRequest, received_request
+from service.exchange.envelope import canonical_json
 from service.exchange.inbox import InboundMessage, PeerEndpoint
 from service.models import (
     CaseStatus,
@@ -161,6 +174,26 @@ def flag(session: Session, person_id: int, now: datetime) -> None:
     session.add(notice)
 
 
+@dataclass
+class _Asked:
+    """The request being answered, as signed (set by ``admit`` for the request's duration, on its
+    thread), and the look-up it was recorded as (set by ``answer_lookup``)."""
+
+    request: SentRequest | None
+    message_id: str | None = None
+
+
+_ASKED: ContextVar[_Asked | None] = ContextVar("yipanqi_lookup_asked", default=None)
+
+
+def _answer_body(answer: LookupAnswer | DomainError) -> bytes:
+    """The bytes the answer goes out as (service.exchange.inbox.answer writes them the same way);
+    a mismatch would show as an answer signature that does not verify over the sealed digest."""
+    if isinstance(answer, DomainError):
+        return canonical_json(answer.problem())
+    return canonical_json(answer.model_dump(mode="json"))
+
+
 def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> LookupAnswer | DomainError:
     """The answer, or the refusal (returned, not raised: it is recorded in the same transaction)."""
     envelope, payload = inbound.envelope, inbound.envelope.payload
@@ -186,21 +219,29 @@ def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> L
             doc = disclose(document(session, certificate, person), payload.purpose)
             result = LookupAnswer(found=True, certificate=doc)
     person_id = person.id if person is not None else None
-    session.add(
-        LookupLog(
-            message_id=message_id,
-            requester=envelope.sender,
-            keyid=inbound.keyid,
-            purpose=payload.purpose,
-            person_id=person_id,
-            id_number_masked=idnumbers.mask(payload.id_number),
-            found=result.found,
-            looked_up_at=inbound.received_at,
-            standing=has,
-            refused=refused,
-            flagged=flagged,
-        )
+    answer: LookupAnswer | DomainError = NoStanding(REFUSAL) if refused else result
+    row = LookupLog(
+        message_id=message_id,
+        requester=envelope.sender,
+        keyid=inbound.keyid,
+        purpose=payload.purpose,
+        person_id=person_id,
+        id_number_masked=idnumbers.mask(payload.id_number),
+        found=result.found,
+        looked_up_at=inbound.received_at,
+        standing=has,
+        refused=refused,
+        flagged=flagged,
     )
+    asked = _ASKED.get()
+    request = asked.request if asked is not None else None
+    if asked is not None and request is not None:  # its evidence (always, through the route)
+        asked.message_id = message_id
+        row.request_path, row.request_digest = request.path, request.digest
+        row.request_signature_input, row.request_signature = request.signature_input, request.signature
+        row.answer_status = answer.status_code if isinstance(answer, DomainError) else 200
+        row.answer_digest = content_digest(_answer_body(answer))
+    session.add(row)
     if flagged and person_id is not None:
         flag(session, person_id, inbound.received_at)
     session.flush()
@@ -212,7 +253,7 @@ def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> L
             payload.purpose.value,
             person_id if person_id is not None else "-",
         )
-        return NoStanding(REFUSAL)
+        return answer
     (log.warning if flagged else log.info)(
         "certificate lookup requester=%s purpose=%s standing=%s found=%s flagged=%s person=%s",
         envelope.sender,
@@ -225,9 +266,28 @@ def answer_lookup(session: Session, inbound: InboundMessage[LookupPayload]) -> L
     return result
 
 
+def _raw_path(request: Request) -> str:
+    raw_path = request.scope.get("raw_path")
+    return raw_path.decode("latin-1") if raw_path else request.url.path
+
+
 def admit(request: Request, peer: str) -> AbstractContextManager[None]:
-    """The peer's place among its look-ups in flight, within its rate (429 when there is none)."""
-    return peer_limits(request).admit(peer)
+    """The peer's place among its look-ups in flight, within its rate (429 when there is none);
+    while it is held, the request as signed is at hand for ``answer_lookup`` (the evidence)."""
+    return _admitted(request, peer)
+
+
+@contextmanager
+def _admitted(request: Request, peer: str) -> Iterator[None]:
+    with peer_limits(request).admit(peer):
+        asked = _Asked(received_request(_raw_path(request), request.headers.items()))
+        token = _ASKED.set(asked)
+        try:
+            yield
+        finally:
+            _ASKED.reset(token)
+        if asked.message_id is not None:  # recorded and committed (an error skips this)
+            setattr(request.state, ANSWER_STATE, asked.message_id)  # for keep_answer, once signed
 
 
 ENDPOINTS = (

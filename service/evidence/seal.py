@@ -28,14 +28,17 @@ from sqlmodel import Session, col, select
 
 from service.clock import utcnow
 from service.db import read_session, transaction
+from service.errors import PROBLEM_JSON
 from service.evidence import chain
 from service.models import (
     CertificateCheck,
     EvidenceCheckpoint,
     EvidenceEntry,
     EvidenceHead,
+    EvidenceSentAnswer,
     EvidenceSentRequest,
     InboxMessage,
+    LookupLog,
     NodeKey,
     OutboxMessage,
     OutboxStatus,
@@ -48,7 +51,12 @@ from service.signing.node import NodeSigner
 log = logging.getLogger(__name__)
 
 INBOX, OUTBOX, LOOKUP = "inbox", "outbox", "lookup"
-KINDS = (INBOX, OUTBOX, LOOKUP)
+ANSWERED = "lookup_answered"  # a look-up this node answered (or refused) as origin
+LOOKUP_MESSAGE = "certificate.lookup"  # its message type (service.certificates.peer.LOOKUP)
+KINDS = (INBOX, OUTBOX, LOOKUP, ANSWERED)
+# A look-up answered is sealed once its answer's signature is kept (written just after the answer
+# was signed), or this long after it without one (then the entry has the request, status and digest).
+ANSWER_SETTLE = timedelta(seconds=60)
 PEER_PREFIX = "/peer/v1"
 BATCH_PATH = PEER_PREFIX + "/batch"
 _ENTRIES = EvidenceEntry.__table__  # type: ignore[attr-defined]
@@ -235,6 +243,49 @@ def prepare_lookup(
     )
 
 
+def prepare_answered(row: LookupLog, sent: EvidenceSentAnswer | None, keys: Mapping[str, str]) -> Prepared:
+    """A look-up this node answered as origin: the asker's request as signed (its body is not
+    kept, so the body digest is the signed Content-Digest) and this node's answer bound to it."""
+    assert row.id is not None
+    assert row.request_signature_input
+    assert row.request_signature
+
+    request_input, request_signature = _canonical_signature(
+        row.request_signature_input, row.request_signature, response=False
+    )
+    request_keyid = _keyid(request_input) or row.keyid
+    answer: dict[str, Any] = {}
+    if sent is not None:
+        signature_input, signature = _canonical_signature(sent.signature_input, sent.signature, response=True)
+        keyid = _keyid(signature_input)
+        answer = {
+            "answer_keyid": keyid,
+            "answer_public_key": keys.get(keyid) if keyid else None,
+            "answer_signature_input": signature_input,
+            "answer_signature": signature,
+        }
+    status = row.answer_status
+    return _base(
+        ANSWERED,
+        str(row.id),
+        row.looked_up_at,
+        message_id=row.message_id,
+        message_type=LOOKUP_MESSAGE,
+        peer=row.requester,
+        body_digest=row.request_digest or "",
+        request_keyid=request_keyid,
+        request_public_key=keys.get(request_keyid),
+        request_path=row.request_path,
+        request_digest=row.request_digest,
+        request_signature_input=request_input,
+        request_signature=request_signature,
+        answer_status=status,
+        answer_content_type=None if status is None else chain.JSON if status == 200 else PROBLEM_JSON,
+        answer_digest=row.answer_digest,
+        **answer,
+    )
+
+
 def _sealed(kind: str, source: Any) -> Any:
     return exists().where(col(EvidenceEntry.kind) == kind, col(EvidenceEntry.source_id) == source)
 
@@ -246,10 +297,18 @@ def _since(session: Session, kind: str, margin: timedelta) -> datetime | None:
     return latest - margin if latest is not None else None
 
 
-def unsealed(session: Session, *, limit: int, margin: timedelta, full: bool = False) -> list[Prepared]:
+def unsealed(
+    session: Session,
+    *,
+    limit: int,
+    margin: timedelta,
+    full: bool = False,
+    now: datetime | None = None,
+) -> list[Prepared]:
     """Up to ``limit`` messages no entry holds yet, oldest first, their entries prepared.
 
-    ``full``: look through every message, not only those since the last sealed one less ``margin``."""
+    ``full``: look through every message, not only those since the last sealed one less ``margin``.
+    ``now``: when a look-up answered without a kept answer signature is old enough (ANSWER_SETTLE)."""
     keys, paths = load_keys(session), _endpoint_paths()
     found: list[Prepared] = []
 
@@ -293,6 +352,25 @@ def unsealed(session: Session, *, limit: int, margin: timedelta, full: bool = Fa
         lookups.order_by(col(CertificateCheck.checked_at), col(CertificateCheck.id)).limit(limit)
     ):
         found.append(prepare_lookup(check, bound, keys))
+
+    # Look-ups answered as origin (since migration 0016: rows before it keep no signature).
+    since = None if full else _since(session, ANSWERED, margin + ANSWER_SETTLE)
+    settled = (now or utcnow()) - ANSWER_SETTLE
+    answered = (
+        select(LookupLog, EvidenceSentAnswer)
+        .outerjoin(EvidenceSentAnswer, col(EvidenceSentAnswer.message_id) == col(LookupLog.message_id))
+        .where(
+            col(LookupLog.request_signature).is_not(None),
+            ~_sealed(ANSWERED, cast(col(LookupLog.id), String(36))),
+            col(EvidenceSentAnswer.message_id).is_not(None) | (col(LookupLog.looked_up_at) <= settled),
+        )
+    )
+    if since is not None:
+        answered = answered.where(col(LookupLog.looked_up_at) >= since)
+    for asked, signed in session.exec(
+        answered.order_by(col(LookupLog.looked_up_at), col(LookupLog.id)).limit(limit)
+    ):
+        found.append(prepare_answered(asked, signed, keys))
 
     found.sort(key=lambda p: (p.occurred_at, p.kind, p.source_id))
     return found[:limit]
@@ -368,11 +446,12 @@ def seal(
     """Seal every message not sealed yet, ``chunk`` at a time; how many entries were appended."""
     total = 0
     while True:
+        at = now or utcnow()
         with read_session(engine) as session:
-            prepared = unsealed(session, limit=chunk, margin=margin, full=full)
+            prepared = unsealed(session, limit=chunk, margin=margin, full=full, now=at)
         if not prepared:
             return total
-        added = append(engine, prepared, now or utcnow())
+        added = append(engine, prepared, at)
         total += added
         if len(prepared) < chunk or not added:
             return total

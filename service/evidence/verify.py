@@ -20,14 +20,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from service.evidence import chain
-from service.evidence.seal import INBOX, LOOKUP, OUTBOX, _canonical_signature
+from service.evidence.seal import ANSWERED, INBOX, LOOKUP, OUTBOX, _canonical_signature
 from service.models import (
     CertificateCheck,
     EvidenceCheckpoint,
     EvidenceEntry,
     EvidenceHead,
+    EvidenceSentAnswer,
     InboxMessage,
     LocalNode,
+    LookupLog,
     NodeKey,
     OutboxMessage,
     PeerKey,
@@ -107,6 +109,7 @@ class Body:
     answer: bytes | None = None
     request_signature: tuple[str, str] | None = None
     answer_signature: tuple[str, str] | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # other values the row keeps, as sealed
 
 
 class Verifier:
@@ -118,10 +121,13 @@ class Verifier:
         prev_hash: str = chain.GENESIS,
         skew: timedelta = timedelta(seconds=300),
         purge_before: datetime | None = None,
+        node_id: str | None = None,
     ) -> None:
         """``first_seq``/``prev_hash``: where the entries start (a bundle may start mid-chain);
-        ``purge_before``: bodies of messages from before this may be purged (retention), later not."""
+        ``purge_before``: bodies of messages from before this may be purged (retention), later not;
+        ``node_id``: the node whose log it is (who signs the answers of look-ups it answered)."""
         self.keys = keys
+        self.node_id = node_id
         self.skew = skew
         self.purge_before = purge_before
         self.report = Report()
@@ -228,22 +234,32 @@ class Verifier:
                 )
         elif e["kind"] != LOOKUP:
             self.note(seq, "no request signature kept (delivered before the evidence log)")
+        if e["kind"] == ANSWERED:  # the peer asked, this node answered
+            if e["request_keyid"] and not str(e["request_keyid"]).startswith(f"{e['peer']}/"):
+                self.problem(seq, f"the request is signed by another node than {e['peer']}")
+            if not (e["request_signature_input"] and e["request_signature"] and e["request_digest"]):
+                self.problem(seq, "no request signature in the entry")
+            if e["answer_status"] is None or not e["answer_digest"]:
+                self.problem(seq, "no answer status and digest in the entry")
+        signer = self.node_id if e["kind"] == ANSWERED else e["peer"]
         if e["answer_signature_input"] and e["answer_signature"]:
             answer_input, answer_signature = str(e["answer_signature_input"]), str(e["answer_signature"])
             status, content_type, digest = e["answer_status"], e["answer_content_type"], e["answer_digest"]
             self._check(
                 seq,
-                "answer" if e["kind"] == LOOKUP else "receipt",
+                "answer" if e["kind"] in (LOOKUP, ANSWERED) else "receipt",
                 e["answer_keyid"],
                 e["answer_public_key"],
                 answer_input,
                 answer_signature,
                 lambda: chain.answer_base(int(status), str(content_type), str(digest), answer_input, request),
             )
-            if e["answer_keyid"] and not str(e["answer_keyid"]).startswith(f"{e['peer']}/"):
-                self.problem(seq, f"the answer is signed by another node than {e['peer']}")
+            if signer and e["answer_keyid"] and not str(e["answer_keyid"]).startswith(f"{signer}/"):
+                self.problem(seq, f"the answer is signed by another node than {signer}")
         elif e["kind"] in (OUTBOX, LOOKUP):
             self.problem(seq, "no signed answer in the entry")
+        elif e["kind"] == ANSWERED:
+            self.note(seq, "the answer's signature was not kept (its status and digest are sealed)")
 
     def _body(self, seq: int, e: Mapping[str, Any], known: Body) -> None:
         body = known.body
@@ -279,6 +295,9 @@ class Verifier:
         ):
             if stored is not None and sealed[0] is not None and stored != sealed:
                 self.problem(seq, f"the message row's {what} signature is not the one sealed")
+        for name, stored_value in known.fields.items():
+            if stored_value != e[name]:
+                self.problem(seq, f"the message row's {name} is not the one sealed")
 
     # --- checkpoints and the head ---------------------------------------------------------------
 
@@ -416,6 +435,34 @@ def _known(session: Session, entries: Sequence[Mapping[str, Any]]) -> dict[int, 
             continue
         answer = _canonical_signature(c.response_signature_input, c.response_signature, response=True)
         known[by_source[(LOOKUP, str(c.id))]] = Body(c.response_body, answer_signature=answer)
+    answered = [int(s) for k, s in by_source if k == ANSWERED]
+    if answered:
+        rows = session.exec(
+            select(LookupLog, EvidenceSentAnswer)
+            .outerjoin(EvidenceSentAnswer, col(EvidenceSentAnswer.message_id) == col(LookupLog.message_id))
+            .where(col(LookupLog.id).in_(answered))
+        )
+        for row, sent in rows:
+            request = None
+            if row.request_signature_input and row.request_signature:
+                request = _canonical_signature(
+                    row.request_signature_input, row.request_signature, response=False
+                )
+            answer = None
+            if sent is not None:
+                answer = _canonical_signature(sent.signature_input, sent.signature, response=True)
+            known[by_source[(ANSWERED, str(row.id))]] = Body(
+                request_signature=request,
+                answer_signature=answer,
+                fields={
+                    "message_id": row.message_id,
+                    "peer": row.requester,
+                    "request_path": row.request_path,
+                    "request_digest": row.request_digest,
+                    "answer_status": row.answer_status,
+                    "answer_digest": row.answer_digest,
+                },
+            )
     return known
 
 
@@ -452,7 +499,8 @@ def verify_database(
         keys = directory_keys(session)
         node = session.exec(select(LocalNode)).first()
         head = session.get(EvidenceHead, 1)
-    verifier = Verifier(keys, skew=skew, purge_before=purge_before)
+    node_id = node.node_id if node else None
+    verifier = Verifier(keys, skew=skew, purge_before=purge_before, node_id=node_id)
     for entries, known in _entries(engine):
         for entry in entries:
             verifier.feed(entry, known[entry["seq"]])
@@ -463,7 +511,7 @@ def verify_database(
         ]
     if head is not None:
         verifier.head(head.seq, head.head_hash)
-    verifier.checkpoints(checkpoints, node.node_id if node else None)
+    verifier.checkpoints(checkpoints, node_id)
     return verifier.report
 
 
@@ -581,7 +629,13 @@ def verify_bundle(path: Path, *, skew: timedelta = timedelta(seconds=300)) -> Re
         entries = sorted(bundle["entries"], key=lambda e: int(e["seq"]))
         bodies, receipts = bundle.get("bodies", {}), bundle.get("receipts", {})
         first = int(bundle["first_seq"]) if bundle.get("first_seq") is not None else 1
-        verifier = Verifier(keys, first_seq=first, prev_hash=str(bundle["prev_hash"]), skew=skew)
+        verifier = Verifier(
+            keys,
+            first_seq=first,
+            prev_hash=str(bundle["prev_hash"]),
+            skew=skew,
+            node_id=bundle.get("node_id"),
+        )
         for entry in entries:
             seq = str(entry["seq"])
             known = Body()

@@ -16,10 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.concurrency import run_in_threadpool
 
 from service.clock import utcnow
 from service.db import SessionDep, transaction
 from service.errors import PROBLEM_JSON, DomainError, InvalidMessage, NotFound, Replayed, problem_responses
+from service.evidence.record import ANSWER_STATE, keep_answer
 from service.exchange import batch
 from service.exchange.batch import BatchInfo, BatchResponse
 from service.exchange.envelope import Receipt, canonical_json
@@ -136,7 +138,11 @@ class SignedPeerRoute(APIRoute):
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:  # the route's name is its message type (build_peer_router)
                 metrics.incoming(self.name, outcome)
-            return signed(response, request.app.state.signer, request)
+            response = signed(response, request.app.state.signer, request)
+            answered = getattr(request.state, ANSWER_STATE, None)
+            if answered is not None:  # a look-up answered as origin: its answer's signature, kept
+                await run_in_threadpool(keep_answer, None, answered, list(response.headers.items()))
+            return response
 
         return handler
 

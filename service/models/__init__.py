@@ -11,7 +11,13 @@ from service.models.certificates import (
     LookupStanding,
 )
 from service.models.directory import DirectoryDocument, Peer, PeerKey
-from service.models.evidence import EvidenceCheckpoint, EvidenceEntry, EvidenceHead, EvidenceSentRequest
+from service.models.evidence import (
+    EvidenceCheckpoint,
+    EvidenceEntry,
+    EvidenceHead,
+    EvidenceSentAnswer,
+    EvidenceSentRequest,
+)
 from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, SeenNonce
 from service.models.idempotency import IdempotencyKey
 from service.models.node import LocalNode, NodeKey
@@ -46,6 +52,7 @@ __all__ = [
     "EvidenceCheckpoint",
     "EvidenceEntry",
     "EvidenceHead",
+    "EvidenceSentAnswer",
     "EvidenceSentRequest",
     "IdempotencyKey",
     "InboxMessage",

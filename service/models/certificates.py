@@ -68,6 +68,7 @@ class LookupLog(SQLModel, table=True):
     __table_args__ = (
         Index("ix_lookup_log_requester_at", "requester", "looked_up_at"),
         Index("ix_lookup_log_person_at", "person_id", "looked_up_at"),  # her page: who looked her up
+        Index("ix_lookup_log_looked_up_at", "looked_up_at"),  # the evidence sealer reads by time
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -83,6 +84,15 @@ class LookupLog(SQLModel, table=True):
     standing: LookupStanding | None = Field(default=None, max_length=16)
     refused: bool = False
     flagged: bool = False  # told to the staff in a notice
+    # For the evidence log, since migration 0016 (rows before it: None, and not sealed): the request
+    # as signed (its body is not kept: it holds the ID number; its digest is) and what was answered
+    # (status, Content-Digest of the answer body). The answer's signature: ``evidence_sent_answer``.
+    request_path: str | None = Field(default=None, max_length=200)
+    request_digest: str | None = Field(default=None, max_length=100)
+    request_signature_input: str | None = Field(default=None, sa_type=Text)
+    request_signature: str | None = Field(default=None, sa_type=Text)
+    answer_status: int | None = None
+    answer_digest: str | None = Field(default=None, max_length=100)
 
 
 class CertificateCheck(SQLModel, table=True):  # 婚育证明查验 (host side)

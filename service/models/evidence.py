@@ -91,6 +91,17 @@ class EvidenceSentRequest(SQLModel, table=True):
     signature: str = Field(sa_type=Text)
 
 
+class EvidenceSentAnswer(SQLModel, table=True):
+    """The signature of a look-up answer this node gave as origin (its Signature-Input and Signature
+    as sent), kept once it is signed; the answer's status and digest are in its ``lookup_log`` row."""
+
+    __tablename__ = "evidence_sent_answer"
+
+    message_id: str = Field(primary_key=True, max_length=36)  # the look-up's
+    signature_input: str = Field(sa_type=Text)
+    signature: str = Field(sa_type=Text)
+
+
 # The sealer looks for new messages by time (from the last sealed one, less a margin).
 Index("ix_inbox_received_at", InboxMessage.__table__.c.received_at)  # type: ignore[attr-defined]
 Index("ix_outbox_delivered_at", OutboxMessage.__table__.c.delivered_at)  # type: ignore[attr-defined]

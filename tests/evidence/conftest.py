@@ -6,19 +6,27 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, text
 from sqlmodel import Session
+from starlette.requests import Request
+from starlette.responses import Response
 
+from service.certificates import peer as certificates_peer
 from service.clock import utcnow
-from service.db import make_engine, read_session
+from service.config import get_settings
+from service.db import make_engine, read_session, transaction
 from service.directory.service import KeySpec, add_peer
 from service.evidence import chain
+from service.evidence.record import ANSWER_STATE, keep_answer
 from service.evidence.seal import checkpoint, seal
+from service.exchange import inbox, routes
+from service.exchange.envelope import canonical_json
 from service.migrations import upgrade
 from service.models import (
     CertificateCheck,
@@ -32,11 +40,14 @@ from service.signing import http
 from service.signing.keys import public_key_text
 from service.signing.node import NodeSigner, init_node, load_signer
 from service.verification.service import REQUEST
+from tests.certificates.factories import id_number, person
 from tests.conftest import backend_urls
 
 HERE, PEER = "410105", "411627"
 PEER_KEYID = f"{PEER}/k1"
 REQUESTS = "/verification-requests"
+LOOKUPS = "/peer/v1/certificate-lookups"
+BORN = date(1990, 3, 8)
 
 
 @dataclass
@@ -48,6 +59,8 @@ class Log:
     inbox: list[str] = field(default_factory=list)  # message ids, in the order they came
     outbox: list[str] = field(default_factory=list)
     checks: list[int] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)  # lookup_log ids of look-ups answered as origin
+    people: set[int] = field(default_factory=set)  # serials of the women in this node's register
 
     def tick(self) -> datetime:
         self.now += timedelta(seconds=1)
@@ -242,6 +255,85 @@ class Log:
         assert check.id is not None
         self.checks.append(check.id)
         return check.id
+
+    def asked(
+        self,
+        *,
+        serial: int = 1,
+        host: str = PEER,
+        keep_answer_signature: bool = True,
+        message_id: str | None = None,
+    ) -> str:
+        """The peer looks up a certificate in this node's register (this node is her origin): the
+        request signed by the peer and checked, answered by the route's own steps — the look-up's
+        transaction under ``admit``, the answer signed as every peer answer is (``routes.signed``),
+        then its signature kept (``keep_answer``, what the peer route does after signing; left out
+        with ``keep_answer_signature=False``). ``host``: her registered host (another: refused)."""
+        number = id_number(HERE, BORN, serial)
+        if serial not in self.people:  # in the register, her host as given
+            with Session(self.engine) as session:
+                session.add(person(HERE, BORN, serial, host=host))
+                session.commit()
+            self.people.add(serial)
+        at = self.tick()
+        message_id = message_id or str(uuid.uuid4())
+        body = canonical_json(
+            {
+                "message_id": message_id,
+                "type": certificates_peer.LOOKUP,
+                "sender": PEER,
+                "recipient": HERE,
+                "sent_at": at.replace(microsecond=0).isoformat(),
+                "correlation_id": None,
+                "payload": {"id_number": number, "name": "王秀英", "purpose": "service"},
+            }
+        )
+        headers = http.sign_request(
+            method="POST", path=LOOKUPS, body=body, key=self.peer_key, keyid=PEER_KEYID, created=at
+        )
+        signature = http.verify_request(
+            method="POST",
+            path=LOOKUPS,
+            headers=headers.items(),
+            body=body,
+            resolve_key=lambda _keyid: self.peer_key.public_key(),
+            now=at,
+        )
+        app = SimpleNamespace(state=SimpleNamespace(settings=get_settings()))
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": LOOKUPS,
+            "raw_path": LOOKUPS.encode(),
+            "query_string": b"",
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            "app": app,
+        }
+        request = Request(scope)
+        (endpoint,) = certificates_peer.ENDPOINTS
+        envelope = inbox.check_envelope(endpoint, body, signature, local_node=HERE, path_request_id=None)
+        assert endpoint.admit is not None
+        with endpoint.admit(request, PEER), transaction(self.engine) as session:
+            accepted = inbox.answer(
+                session,
+                endpoint,
+                envelope,
+                signature=signature,
+                now=at,
+                nonce_keep_until=at + timedelta(minutes=10),
+            )
+        response = Response(accepted.body, status_code=accepted.status_code, media_type=accepted.media_type)
+        response = routes.signed(response, self.signer, request)
+        answered = getattr(request.state, ANSWER_STATE)
+        assert answered == message_id
+        if keep_answer_signature:
+            assert keep_answer(self.engine, message_id, response.headers.items())
+        with self.engine.connect() as conn:
+            row_id = conn.execute(
+                text("SELECT id FROM lookup_log WHERE message_id = :m"), {"m": message_id}
+            ).scalar_one()
+        self.answered.append(str(row_id))
+        return str(row_id)
 
     def seal(self, **options: object) -> int:
         return seal(self.engine, now=self.tick(), **options)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-"""A real exchange between two node processes leaves entries on both sides that verify; the CLI
-exports a bundle a third party checks offline, and a deleted entry makes `audit verify` fail."""
+"""A real exchange between two node processes leaves entries on both sides that verify (the origin's
+side of a certificate look-up included); the CLI exports a bundle a third party checks offline, and
+a deleted entry makes `audit verify` fail."""
 
 from __future__ import annotations
 
@@ -65,7 +66,20 @@ def test_an_exchange_is_evidence_on_both_sides(network: NetworkFactory) -> None:
     assert "note" not in checked.stdout
     checked = audit(origin, "verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "1 signatures verified, 1 signed checkpoints verified" in checked.stdout  # the host's request
+    # The host's 通报 request; and the look-up it answered: the host's signed request and its own
+    # answer bound to it (the answer's signature kept once signed), digests only, no body.
+    assert "2 entries (seq 1–2), 3 signatures verified, 1 signed checkpoints verified" in checked.stdout
+    assert "note" not in checked.stdout
+    engine = create_engine(origin.database_url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT * FROM evidence_entry WHERE kind = 'lookup_answered'")
+            kept = conn.execute(query).mappings().one()
+    finally:
+        engine.dispose()
+    assert (kept["kind"], kept["peer"], kept["answer_status"]) == ("lookup_answered", host.node_id, 200)
+    assert str(kept["answer_keyid"]).startswith(f"{origin.node_id}/")
+    assert number not in str(dict(kept))
 
     today = utcnow().astimezone(SHANGHAI).date()
     bundle = host.data_dir / "evidence.json"
