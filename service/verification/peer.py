@@ -12,6 +12,7 @@ ENDPOINTS = (
         message_type=service.REQUEST,
         payload=RequestPayload,
         handle=service.receive_request,
+        handle_many=service.receive_requests,
         on_receipt=service.on_request_receipt,
         summary="协查请求: a verification request",
     ),
@@ -20,6 +21,7 @@ ENDPOINTS = (
         message_type=service.ACK,
         payload=AckPayload,
         handle=service.receive_ack,
+        handle_many=service.receive_acks,
         summary="签收: the request is in the origin's queue",
     ),
     PeerEndpoint(
@@ -27,6 +29,7 @@ ENDPOINTS = (
         message_type=service.REPLY,
         payload=ReplyPayload,
         handle=service.receive_reply,
+        handle_many=service.receive_replies,
         on_receipt=service.on_reply_receipt,
         summary="协查反馈: the answer",
     ),

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import select as sql_select
 from sqlmodel import Session, col, or_, select
 
 from service import idnumbers
 from service.clock import utcnow
 from service.config import Settings, get_settings
 from service.directory.service import get_peer
-from service.errors import Conflict, Forbidden, InvalidState, NotFound, UnknownRequest, ValidationFailed
+from service.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    UnknownRequest,
+    ValidationFailed,
+)
 from service.exchange.envelope import Receipt
 from service.exchange.history import MessageRead, conversation
 from service.exchange.inbox import InboundMessage
@@ -89,10 +99,54 @@ def on_request_receipt(session: Session, message: OutboxMessage, receipt: Receip
     _touch(session, case)
 
 
+@dataclass
+class _Counterparty:
+    """What decides whether a peer's ack or reply is taken: the case's direction, peer and state."""
+
+    id: int | None
+    direction: Direction
+    peer: str
+    status: CaseStatus
+    acknowledged_at: datetime | None
+
+
+def _counterparty(case: VerificationCase) -> _Counterparty:
+    return _Counterparty(case.id, case.direction, case.peer, case.status, case.acknowledged_at)
+
+
+def _not_counterparty(target: _Counterparty | None, request_id: str, sender: str) -> DomainError | None:
+    """Why ``sender`` may not ack or answer the request ``request_id`` (None: it is the counterparty)."""
+    if target is None:
+        return UnknownRequest(f"no 协查 request {request_id}")
+    if target.direction != Direction.outgoing or target.peer != sender:
+        return Forbidden("the sender is not this request's counterparty")
+    return None
+
+
+def _ack_refusal(target: _Counterparty | None, request_id: str, sender: str) -> DomainError | None:
+    """Why a 签收 from ``sender`` for the request ``request_id`` is refused (None: it is taken)."""
+    refusal = _not_counterparty(target, request_id, sender)
+    if refusal is not None:
+        return refusal
+    assert target is not None
+    if target.acknowledged_at is not None or CaseStatus.acknowledged not in states.ALLOWED[target.status]:
+        return Conflict(f"the request is already {target.status.value}")
+    return None
+
+
+def _reply_refusal(target: _Counterparty | None, request_id: str, sender: str) -> DomainError | None:
+    """Why a 反馈 from ``sender`` for the request ``request_id`` is refused (None: it is taken)."""
+    refusal = _not_counterparty(target, request_id, sender)
+    if refusal is not None:
+        return refusal
+    assert target is not None
+    if CaseStatus.answered not in states.ALLOWED[target.status]:
+        return Conflict("the request already has a reply")
+    return None
+
+
 def receive_ack(session: Session, inbound: InboundMessage[AckPayload]) -> datetime | None:
-    case = _counterparty_case(session, inbound, Direction.outgoing)
-    if case.acknowledged_at is not None or not states.can_move(case, CaseStatus.acknowledged):
-        raise Conflict(f"the request is already {case.status.value}")
+    case = _counterparty_case(session, inbound, _ack_refusal)
     case.acknowledged_at = inbound.envelope.payload.acknowledged_at
     case.promised_by = inbound.envelope.payload.promised_by
     states.move(case, CaseStatus.acknowledged)
@@ -100,10 +154,39 @@ def receive_ack(session: Session, inbound: InboundMessage[AckPayload]) -> dateti
     return None
 
 
+def receive_acks(
+    session: Session, inbounds: Sequence[InboundMessage[AckPayload]]
+) -> list[datetime | DomainError | None]:
+    """``receive_ack`` for a batch's run of 签收, in order (the bulk path, ``PeerEndpoint.handle_many``):
+    the same outcomes and the same changes, from one SELECT and one UPDATE statement."""
+    targets = _counterparties(session, inbounds)
+    outcomes: list[datetime | DomainError | None] = []
+    changes: list[dict[str, Any]] = []
+    for inbound in inbounds:
+        request_id = str(inbound.envelope.correlation_id)
+        target = targets.get(request_id)
+        refusal = _ack_refusal(target, request_id, inbound.envelope.sender)
+        outcomes.append(refusal)
+        if refusal is not None:
+            continue
+        assert target is not None
+        payload = inbound.envelope.payload
+        # Kept current as the run goes: a second ack for the same request is a conflict.
+        target.acknowledged_at, target.status = payload.acknowledged_at, CaseStatus.acknowledged
+        changes.append(
+            {
+                "b_id": target.id,
+                "b_acknowledged_at": payload.acknowledged_at,
+                "b_promised_by": payload.promised_by,
+                "b_updated_at": utcnow(),  # as _touch gives each
+            }
+        )
+    _write_changes(session, _ACKNOWLEDGED, changes)
+    return outcomes
+
+
 def receive_reply(session: Session, inbound: InboundMessage[ReplyPayload]) -> datetime | None:
-    case = _counterparty_case(session, inbound, Direction.outgoing)
-    if not states.can_move(case, CaseStatus.answered):
-        raise Conflict("the request already has a reply")
+    case = _counterparty_case(session, inbound, _reply_refusal)
     payload = inbound.envelope.payload
     case.outcome, case.findings, case.answered_at = payload.outcome, payload.findings, payload.answered_at
     case.reply_received_at = inbound.received_at
@@ -112,6 +195,77 @@ def receive_reply(session: Session, inbound: InboundMessage[ReplyPayload]) -> da
     for listener in _reply_listeners:
         listener(session, case)
     return None
+
+
+def receive_replies(
+    session: Session, inbounds: Sequence[InboundMessage[ReplyPayload]]
+) -> list[datetime | DomainError | None]:
+    """``receive_reply`` for a batch's run of 反馈, in order (the bulk path, ``PeerEndpoint.handle_many``):
+    the same outcomes and the same changes, from one SELECT and one UPDATE statement; then the reply
+    listeners (``on_reply``), in the replies' order, each with its case as stored now (read in one
+    SELECT, only when there is a listener)."""
+    targets = _counterparties(session, inbounds)
+    outcomes: list[datetime | DomainError | None] = []
+    changes: list[dict[str, Any]] = []
+    for inbound in inbounds:
+        request_id = str(inbound.envelope.correlation_id)
+        target = targets.get(request_id)
+        refusal = _reply_refusal(target, request_id, inbound.envelope.sender)
+        outcomes.append(refusal)
+        if refusal is not None:
+            continue
+        assert target is not None
+        target.status = CaseStatus.answered  # final: a second reply in the run is a conflict
+        payload = inbound.envelope.payload
+        changes.append(
+            {
+                "b_id": target.id,
+                "b_outcome": payload.outcome,
+                "b_findings": payload.findings,
+                "b_answered_at": payload.answered_at,
+                "b_reply_received_at": inbound.received_at,
+                "b_updated_at": utcnow(),  # as _touch gives each
+            }
+        )
+    _write_changes(session, _ANSWERED, changes)
+    if changes and _reply_listeners:
+        ids = [change["b_id"] for change in changes]
+        query = select(VerificationCase).where(col(VerificationCase.id).in_(ids))
+        cases = {case.id: case for case in session.exec(query.execution_options(populate_existing=True))}
+        for case_id in ids:
+            for listener in _reply_listeners:
+                listener(session, cases[case_id])
+    return outcomes
+
+
+def _counterparties(session: Session, inbounds: Sequence[InboundMessage[Any]]) -> dict[str, _Counterparty]:
+    """The cases the messages answer (by their correlation_id), as stored now: one SELECT."""
+    request_ids = {str(inbound.envelope.correlation_id) for inbound in inbounds}
+    found = session.execute(
+        sql_select(  # six columns: more than sqlmodel's select is typed for
+            col(VerificationCase.request_message_id),
+            col(VerificationCase.id),
+            col(VerificationCase.direction),
+            col(VerificationCase.peer),
+            col(VerificationCase.status),
+            col(VerificationCase.acknowledged_at),
+        ).where(col(VerificationCase.request_message_id).in_(request_ids))
+    ).all()
+    return {
+        row[0]: _Counterparty(row[1], Direction(row[2]), row[3], CaseStatus(row[4]), row[5]) for row in found
+    }
+
+
+def _write_changes(session: Session, statement: Any, changes: list[dict[str, Any]]) -> None:
+    """One executemany of ``statement``; a VerificationCase of these already in the session (read
+    earlier in the transaction) is stale after it, and is read again when next used."""
+    if not changes:
+        return
+    session.connection().execute(statement, changes)
+    for change in changes:
+        stale = session.identity_map.get(session.identity_key(VerificationCase, change["b_id"]))
+        if stale is not None:
+            session.expire(stale)
 
 
 ReplyListener = Callable[[Session, VerificationCase], None]
@@ -126,8 +280,23 @@ def on_reply(listener: ReplyListener) -> None:
 # --- the answering side ----------------------------------------------------------------------
 
 
+def _taken(session: Session, message_ids: Collection[str]) -> set[str]:
+    """Those of ``message_ids`` a case here has already (a request this node sent, say): a peer's
+    request that reuses one is refused as a conflict, not left to fail on the unique index."""
+    query = select(VerificationCase.request_message_id).where(
+        col(VerificationCase.request_message_id).in_(message_ids)
+    )
+    return set(session.exec(query).all())
+
+
+def _reused(message_id: str) -> DomainError:
+    return Conflict(f"message_id {message_id} is already used by another 协查 request on this node")
+
+
 def receive_request(session: Session, inbound: InboundMessage[RequestPayload]) -> datetime | None:
     envelope, payload = inbound.envelope, inbound.envelope.payload
+    if _taken(session, [str(envelope.message_id)]):
+        raise _reused(str(envelope.message_id))
     case = _new_case(
         str(envelope.message_id), Direction.incoming, envelope.sender, CaseStatus.received, payload
     )
@@ -136,6 +305,39 @@ def receive_request(session: Session, inbound: InboundMessage[RequestPayload]) -
     session.add(case)
     session.flush()
     return case.due_at
+
+
+def receive_requests(
+    session: Session, inbounds: Sequence[InboundMessage[RequestPayload]]
+) -> list[datetime | DomainError | None]:
+    """``receive_request`` for a batch's run of 协查 requests, in order (the bulk path,
+    ``PeerEndpoint.handle_many``): the same cases, written in one statement, no ORM object and no
+    flush per message. Each one's outcome is its deadline, or a conflict when its message_id is one a
+    case here has already (the payload was validated before the transaction)."""
+    settings = get_settings()
+    deadlines: dict[tuple[datetime, Topic, Priority], datetime] = {}  # a batch has one received_at
+    rows: list[dict[str, Any]] = []
+    outcomes: list[datetime | DomainError | None] = []
+    taken = _taken(session, [str(inbound.envelope.message_id) for inbound in inbounds])
+    for inbound in inbounds:
+        envelope, payload = inbound.envelope, inbound.envelope.payload
+        message_id, at = str(envelope.message_id), inbound.received_at
+        if message_id in taken:
+            outcomes.append(_reused(message_id))
+            continue
+        deadline = deadlines.get((at, payload.topic, payload.priority))
+        if deadline is None:
+            rule = deadline_rule(settings, payload.topic, payload.priority)
+            deadline = deadlines[at, payload.topic, payload.priority] = due_at(at, rule)
+        row = _case_fields(message_id, Direction.incoming, envelope.sender, CaseStatus.received, payload)
+        # The columns not given here take their defaults (None; the blind index from the ID number,
+        # as the ORM's before_insert gives it), as in VerificationCase(...).
+        row.update(sent_at=envelope.sent_at, received_at=at, due_at=deadline, updated_at=utcnow())
+        rows.append(row)
+        outcomes.append(deadline)
+    if rows:
+        session.connection().execute(insert(_CASE), rows)
+    return outcomes
 
 
 def acknowledge(session: Session, signer: NodeSigner, case_id: int, data: AckCreate) -> VerificationCase:
@@ -309,22 +511,28 @@ def summary(case: VerificationCase, now: datetime) -> CaseSummary:
 def _new_case(
     request_id: str, direction: Direction, peer: str, status: CaseStatus, payload: RequestPayload
 ) -> VerificationCase:
-    return VerificationCase(
-        request_message_id=request_id,
-        direction=direction,
-        peer=peer,
-        status=status,
-        subject_id_number=payload.subject.id_number,
-        subject_name=payload.subject.name,
-        subject_sex=payload.subject.sex,
-        subject_birth_date=payload.subject.birth_date,
-        topic=payload.topic,
-        priority=payload.priority,
-        key_target=payload.key_target,
-        question=payload.question,
-        reference=payload.reference,
-        sent_at=utcnow(),
-    )
+    return VerificationCase(**_case_fields(request_id, direction, peer, status, payload), sent_at=utcnow())
+
+
+def _case_fields(
+    request_id: str, direction: Direction, peer: str, status: CaseStatus, payload: RequestPayload
+) -> dict[str, Any]:
+    """A new case's columns that come from its request (``_new_case``'s, and the bulk path's)."""
+    return {
+        "request_message_id": request_id,
+        "direction": direction,
+        "peer": peer,
+        "status": status,
+        "subject_id_number": payload.subject.id_number,
+        "subject_name": payload.subject.name,
+        "subject_sex": payload.subject.sex,
+        "subject_birth_date": payload.subject.birth_date,
+        "topic": payload.topic,
+        "priority": payload.priority,
+        "key_target": payload.key_target,
+        "question": payload.question,
+        "reference": payload.reference,
+    }
 
 
 def _answer(
@@ -357,12 +565,19 @@ def _case_by_request(session: Session, request_id: str) -> VerificationCase:
     return case
 
 
-def _counterparty_case(
-    session: Session, inbound: InboundMessage[Any], direction: Direction
-) -> VerificationCase:
-    case = _case_by_request(session, str(inbound.envelope.correlation_id))
-    if case.direction != direction or case.peer != inbound.envelope.sender:
-        raise Forbidden("the sender is not this request's counterparty")
+Refusal = Callable[[_Counterparty | None, str, str], DomainError | None]
+
+
+def _counterparty_case(session: Session, inbound: InboundMessage[Any], refusal: Refusal) -> VerificationCase:
+    """The outgoing case a peer's ack or reply answers, if ``refusal`` finds no reason to refuse it."""
+    request_id = str(inbound.envelope.correlation_id)
+    case = session.exec(
+        select(VerificationCase).where(VerificationCase.request_message_id == request_id)
+    ).first()
+    reason = refusal(None if case is None else _counterparty(case), request_id, inbound.envelope.sender)
+    if reason is not None:
+        raise reason
+    assert case is not None
     return case
 
 
@@ -383,6 +598,30 @@ def _claim(session: Session, case: VerificationCase, to: CaseStatus) -> None:
 
 
 _CASE = VerificationCase.__table__  # type: ignore[attr-defined]
+# receive_acks' change to each case acknowledged: the columns receive_ack sets.
+_ACKNOWLEDGED = (
+    update(_CASE)
+    .where(_CASE.c.id == bindparam("b_id"))
+    .values(
+        acknowledged_at=bindparam("b_acknowledged_at"),
+        promised_by=bindparam("b_promised_by"),
+        status=CaseStatus.acknowledged,
+        updated_at=bindparam("b_updated_at"),
+    )
+)
+# receive_replies' change to each case answered: the columns receive_reply sets.
+_ANSWERED = (
+    update(_CASE)
+    .where(_CASE.c.id == bindparam("b_id"))
+    .values(
+        outcome=bindparam("b_outcome"),
+        findings=bindparam("b_findings"),
+        answered_at=bindparam("b_answered_at"),
+        reply_received_at=bindparam("b_reply_received_at"),
+        status=CaseStatus.answered,
+        updated_at=bindparam("b_updated_at"),
+    )
+)
 
 
 def _incoming_case(session: Session, case_id: int) -> VerificationCase:

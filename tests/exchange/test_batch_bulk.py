@@ -3,8 +3,12 @@
 The same batch — new 通报 of several kinds (one acknowledged on receipt, so with an ack queued in
 the outbox), items refused before storage, the same message twice in the batch, messages already
 stored (the same body and another), acks that are taken, refused by the conversation (unknown,
-not the counterparty, an incoming notification, a second ack) or repeated, a 协查 request that has
-no bulk path in between — goes through ``routes._accept_batch`` twice, into two databases prepared
+not the counterparty, an incoming notification, a second ack) or repeated; and the same for 协查:
+requests of every deadline rule (new, twice in the batch, stored before, another body, refused
+before storage, the message_id of a request this node sent), their 签收 and 反馈 (taken, a second
+one, unknown, not the counterparty, an incoming case, acknowledged or answered before; a reply
+without an ack first; an ack after the reply), with the reply listeners heard in the same order —
+goes through ``routes._accept_batch`` twice, into two databases prepared
 the same way: once with the node's endpoints as they are, once with every ``handle_many`` taken
 away (each item's handler in a SAVEPOINT of its own, as before the bulk path). The answers must be
 the same bytes, and every table the same rows. SQLite, and PostgreSQL when YIPANQI_TEST_DATABASE_URL
@@ -18,6 +22,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -40,13 +45,16 @@ from service.exchange.inbox import PeerEndpoint, load_json
 from service.exchange.security import PeerRequest
 from service.main import PEER_ENDPOINTS
 from service.migrations import upgrade
-from service.models import NotificationKind, SeenNonce
+from service.models import NotificationKind, SeenNonce, VerificationCase
 from service.notifications import service
 from service.notifications.schemas import NotificationCreate
+from service.signing import pii
 from service.signing.http import sign_request, verify_request
 from service.signing.keys import public_key_text
 from service.signing.node import NodeSigner
 from service.sla.deadlines import SHANGHAI, DeadlineRule
+from service.verification import service as verification
+from service.verification.schemas import VerificationRequestCreate
 from tests.conftest import PostgresServer
 from tests.notifications.test_details import SUBJECT, VALID
 
@@ -60,8 +68,14 @@ BULK = {e.message_type: e for e in PEER_ENDPOINTS if not e.synchronous}
 PER_ITEM = {t: replace(e, handle_many=None) for t, e in BULK.items()}
 
 
-def test_the_notification_endpoints_have_a_bulk_path() -> None:
-    assert {t for t, e in BULK.items() if e.handle_many is not None} == {"notification", "notification.ack"}
+def test_the_notification_and_verification_endpoints_have_a_bulk_path() -> None:
+    assert {t for t, e in BULK.items() if e.handle_many is not None} == {
+        "notification",
+        "notification.ack",
+        "verification.request",
+        "verification.ack",
+        "verification.reply",
+    }
     assert all(e.handle_many is None for e in PER_ITEM.values())
 
 
@@ -188,15 +202,40 @@ def ack(notification_message_id: str, **changes: Any) -> dict[str, Any]:
     )
 
 
-def request() -> dict[str, Any]:
+def request(topic: str = "marital_status", priority: str = "normal", **changes: Any) -> dict[str, Any]:
     payload = {
         "subject": SUBJECT,
-        "topic": "marital_status",
-        "priority": "normal",
-        "key_target": False,
-        "question": "请核实该对象婚育情况。",
+        "topic": topic,
+        "priority": priority,
+        "key_target": topic == "birth_registration",
+        "question": f"请核实该对象婚育情况（{topic}）。",
     }
-    return envelope("verification.request", payload)
+    if priority == "urgent":
+        payload["reference"] = "金公协〔2026〕17号"
+    return envelope("verification.request", payload, **changes)
+
+
+def request_ack(request_id: str, promised_by: str | None = None, **changes: Any) -> dict[str, Any]:
+    at = (NOW - timedelta(minutes=1)).astimezone(SHANGHAI).replace(microsecond=0).isoformat()
+    payload: dict[str, Any] = {"acknowledged_at": at}
+    if promised_by is not None:
+        payload["promised_by"] = promised_by
+    return envelope("verification.ack", payload, correlation_id=request_id, **changes)
+
+
+def request_reply(request_id: str, outcome: str = "confirmed", **changes: Any) -> dict[str, Any]:
+    at = (NOW - timedelta(seconds=30)).astimezone(SHANGHAI).replace(microsecond=0).isoformat()
+    payload = {"outcome": outcome, "findings": f"经核查，{outcome}。", "answered_at": at}
+    return envelope("verification.reply", payload, correlation_id=request_id, **changes)
+
+
+def asked(session: Session, recipient: str, topic: str = "marital_status") -> str:
+    """A 协查 request this node sent (the batch's acks and replies answer it); its message_id."""
+    data = VerificationRequestCreate.model_validate(
+        {"recipient": recipient, "subject": SUBJECT, "topic": topic, "question": "请核实。"}
+    )
+    signer = NodeSigner(HOST, "太康县", f"{HOST}/k1", Ed25519PrivateKey.generate())
+    return verification.create_outgoing(session, signer, data, "clerk").request_message_id
 
 
 def outgoing(session: Session, recipient: str, kind: str = "birth") -> str:
@@ -220,11 +259,16 @@ class Scenario:
     def __init__(self) -> None:
         self.stored = [notification("pregnancy"), notification("arrival")]
         self.new_arrival, self.new_birth = notification("arrival"), notification("birth")
+        self.stored_requests = [request(), request("contraception")]
+        self.new_request = request()
         self.items: list[bytes] = []
         self.expected: list[int] = []
+        self.heard_bulk: list[tuple[Any, ...]] = []  # the reply listeners' calls, each way
+        self.heard_item: list[tuple[Any, ...]] = []
 
     def prepare(self, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-        """Peers, four outgoing 通报 (one already acknowledged) and two incoming ones stored."""
+        """Peers, four outgoing 通报 (one already acknowledged) and two incoming ones stored; six
+        outgoing 协查 requests (one acknowledged, one answered) and two incoming ones stored."""
         counting_uuid7(monkeypatch)
         with Session(engine) as session:
             for node, name, key in ((ASKER, "金水区", ASKER_KEY), (STRANGER, "杨浦区", STRANGER_KEY)):
@@ -235,13 +279,25 @@ class Scenario:
                 "acked": outgoing(session, ASKER, "arrival"),
                 "c": outgoing(session, ASKER, "pregnancy"),
                 "stranger": outgoing(session, STRANGER),
+                "ra": asked(session, ASKER),
+                "rb": asked(session, ASKER, "birth_registration"),
+                "rc": asked(session, ASKER, "certificate_discrepancy"),
+                "racked": asked(session, ASKER),
+                "ranswered": asked(session, ASKER),
+                "rstranger": asked(session, STRANGER),
             }
             session.commit()
-        before = [*self.stored, ack(sent["acked"], message_id=str(uuid.UUID(int=1)))]
+        before = [
+            *self.stored,
+            ack(sent["acked"], message_id=str(uuid.UUID(int=1))),
+            *self.stored_requests,
+            request_ack(sent["racked"], message_id=str(uuid.UUID(int=2))),
+            request_reply(sent["ranswered"], message_id=str(uuid.UUID(int=3))),
+        ]
         answers = take(
             engine, PER_ITEM, signed_batch(batch.request_body(list(map(canonical, before)))), monkeypatch
         )
-        assert [status for _, status, _ in answers] == [202, 202, 202]
+        assert [status for _, status, _ in answers] == [202] * 7
         return sent
 
     def build(self, sent: dict[str, str]) -> None:
@@ -268,7 +324,7 @@ class Scenario:
             (ack(arrival["message_id"]), 403),  # an incoming notification (stored just now): forbidden
             (ack(sent["acked"]), 409),  # acknowledged before the batch
             (canonical(ack_a), 200),  # the same ack again: a duplicate
-            (request(), 202),  # no bulk path: a SAVEPOINT of its own, between the runs
+            (request(), 202),  # a run of one 协查 request, between the 通报 runs
             (notification("pregnancy"), 202),
             (notification("birth", message_id=sent["c"]), 409),  # the id of a notification we sent
             (refused_first, 404),
@@ -276,11 +332,60 @@ class Scenario:
             (notification("departure", message_id=refused_first["message_id"]), 409),  # now stored as the ack
             (ack(sent["c"]), 409),
             *((notification(kind), 202) for kind in ("arrival", "contraception", "arrival", "health_check")),
+            *self.verification_plan(sent),
             (b"not json", 422),
         ]
         for item, status in plan:
             self.items.append(item if isinstance(item, bytes) else canonical(item))
             self.expected.append(status)
+
+    def verification_plan(self, sent: dict[str, str]) -> list[tuple[dict[str, Any] | bytes, int]]:
+        new = self.new_request
+        bad_subject = {**SUBJECT, "id_number": "1" * 18}
+        ack_a, reply_a = request_ack(sent["ra"], "2026-06-20"), request_reply(sent["ra"])
+        refused = request_reply(str(uuid.uuid4()))  # unknown: refused; then its message_id comes again
+        return [
+            (new, 202),  # normal: its deadline
+            (request("marital_status", "urgent"), 202),  # urgent, with a reference
+            (request("certificate_discrepancy"), 202),
+            (
+                {
+                    **new,
+                    "message_id": str(uuid.uuid4()),
+                    "payload": {**new["payload"], "subject": bad_subject},
+                },
+                422,
+            ),
+            (request(sender=STRANGER), 403),  # sender_mismatch
+            (request(message_id=sent["rc"]), 409),  # the id of a request this node sent
+            (request("birth_registration"), 202),
+            (canonical(new), 200),  # twice in the batch: a duplicate (and the run ends there)
+            ({**new, "payload": {**new["payload"], "question": "另一问题。"}}, 409),  # another body
+            (canonical(self.stored_requests[0]), 200),  # stored before: a duplicate
+            ({**self.stored_requests[1], "sent_at": "2026-06-10T09:50:00+08:00"}, 409),  # another body
+            (request("reward_eligibility", "urgent"), 202),
+            (ack_a, 202),  # 签收, with a promised date
+            (request_ack(sent["ra"]), 409),  # a second ack, in the same run
+            (request_ack(str(uuid.uuid4())), 404),  # unknown_request
+            (request_ack(sent["rstranger"]), 403),  # ASKER is not its counterparty
+            (request_ack(new["message_id"]), 403),  # an incoming case (stored just now)
+            (request_ack(sent["racked"]), 409),  # acknowledged before the batch
+            (request_ack(sent["ranswered"]), 409),  # answered before the batch
+            (canonical(ack_a), 200),  # the same ack again: a duplicate
+            (request_ack(sent["rc"], "2026-07-01"), 202),
+            (reply_a, 202),  # after its ack
+            (request_reply(sent["rb"], "not_confirmed"), 202),  # no ack first; a listener's topic
+            (request_reply(sent["ra"], "not_found"), 409),  # a second reply, in the same run
+            (refused, 404),
+            (request_reply(sent["rstranger"]), 403),
+            (request_reply(new["message_id"]), 403),  # an incoming case
+            (request_reply(sent["ranswered"]), 409),  # answered before the batch
+            (request_reply(sent["racked"], "partially_confirmed"), 202),
+            (canonical(reply_a), 200),
+            (request_ack(sent["rb"]), 409),  # an ack after the reply
+            (request_reply(sent["rc"], "confirmed", message_id=refused["message_id"]), 202),  # taken afresh
+            (request(message_id=refused["message_id"]), 409),  # now stored as the reply
+        ]
 
 
 def run_both(
@@ -293,23 +398,36 @@ def run_both(
     assert contents(one) == contents(other)
     scenario.build(sent)
     body = batch.request_body(scenario.items)
+    heard: list[tuple[Any, ...]] = []
+
+    def listener(session: Session, case: VerificationCase) -> None:
+        # What a reply listener is given (births' own runs too): the case as stored, in order.
+        heard.append((case.id, case.request_message_id, case.status, case.outcome, case.findings))
+        assert session.get(VerificationCase, case.id) is case
+
+    monkeypatch.setattr(verification, "_reply_listeners", [*verification._reply_listeners, listener])
     counting_uuid7(monkeypatch, 1000)
     by_bulk = take(one, bulk, signed_batch(body), monkeypatch)
+    scenario.heard_bulk, heard[:] = list(heard), []
     counting_uuid7(monkeypatch, 1000)
     by_item = take(other, PER_ITEM, signed_batch(body), monkeypatch)
+    scenario.heard_item = list(heard)
     return scenario, by_bulk, by_item, one, other
 
 
 def test_the_bulk_path_answers_and_stores_exactly_what_the_per_item_path_does(
-    new_database: Callable[[], Engine], monkeypatch: pytest.MonkeyPatch
+    new_database: Callable[[], Engine], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    scenario, by_bulk, by_item, one, other = run_both(new_database, monkeypatch, BULK)
+    with caplog.at_level(logging.ERROR, logger="service.exchange.inbox"):
+        scenario, by_bulk, by_item, one, other = run_both(new_database, monkeypatch, BULK)
+    assert not [r for r in caplog.records if "batch bulk handler failed" in r.getMessage()]  # no fallback
     assert [status for _, status, _ in by_item] == scenario.expected
     assert by_bulk == by_item
     tables, expected = contents(one), contents(other)
     assert tables == expected
+    assert scenario.heard_bulk == scenario.heard_item
     # What the batch did, so that the comparison is about something.
-    assert len(tables["inbox_message"]) == 3 + scenario.expected.count(202)
+    assert len(tables["inbox_message"]) == 7 + scenario.expected.count(202)
     incoming = {row["message_id"]: row for row in tables["notification"] if row["direction"] == "incoming"}
     assert len(incoming) == 2 + 7  # the two stored before, seven new ones
     acks_queued = [row for row in tables["outbox_message"] if row["type"] == "notification.ack"]
@@ -326,6 +444,25 @@ def test_the_bulk_path_answers_and_stores_exactly_what_the_per_item_path_does(
         row for row in tables["notification"] if row["direction"] == "outgoing" and row["acknowledged_at"]
     ]
     assert len(acknowledged) == 3  # one before the batch, two in it
+    cases = {row["request_message_id"]: row for row in tables["verification_case"]}
+    received = [row for row in cases.values() if row["direction"] == "incoming"]
+    assert len(received) == 2 + 6  # the two stored before, six new ones
+    new = cases[scenario.new_request["message_id"]]
+    assert (new["status"], new["received_at"], new["subject_id_number"]) == (
+        "received",
+        NOW.replace(microsecond=0),
+        SUBJECT["id_number"],
+    )
+    assert new["subject_id_number_index"] == pii.blind_index(SUBJECT["id_number"], pii.ID_NUMBER)
+    assert len({row["due_at"] for row in received}) >= 3  # normal, urgent, discrepancy
+    by_status = Counter(row["status"] for row in cases.values() if row["direction"] == "outgoing")
+    assert by_status == {"answered": 5, "queued": 1}  # rstranger untouched
+    assert [call[3] for call in scenario.heard_item] == [
+        "confirmed",
+        "not_confirmed",
+        "partially_confirmed",
+        "confirmed",
+    ]
 
 
 def test_a_bulk_handler_that_fails_is_undone_and_the_run_taken_item_by_item(
