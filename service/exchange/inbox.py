@@ -227,9 +227,16 @@ def accept(
             raise Conflict("this message_id was already received with a different body")
         return Accepted(200, _receipt(existing, "duplicate"))
     received_at = now.replace(microsecond=0)
-    assert endpoint.handle is not None
-    due_at = endpoint.handle(session, InboundMessage(envelope, received_at, signature.keyid))
-    session.flush()  # the domain's rows first (as the ORM would order them), then the inbox row
+    inbound = InboundMessage(envelope, received_at, signature.keyid)
+    if endpoint.handle_many is not None:  # the bulk path, for one: Core statements, no ORM flush
+        (outcome,) = endpoint.handle_many(session, [inbound])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        due_at = outcome
+    else:
+        assert endpoint.handle is not None
+        due_at = endpoint.handle(session, inbound)
+        session.flush()  # the domain's rows first (as the ORM would order them), then the inbox row
     session.connection().execute(
         insert(_INBOX).values(
             message_id=message_id,
