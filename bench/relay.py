@@ -12,6 +12,7 @@ concurrency 1 measured in the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import tempfile
 import time
@@ -24,6 +25,7 @@ from service.db import make_engine
 from service.directory.service import KeySpec, add_peer
 from service.localnet import build_network, free_ports, wait_for
 from service.models import OutboxMessage, OutboxStatus, Priority, Topic
+from service.signing import pii
 from service.signing.node import load_signer
 from service.subjects import Subject
 from service.verification.schemas import VerificationRequestCreate
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--stalled", type=int, default=0, help="messages queued first for a peer that hangs")
     args = parser.parse_args()
+    # The nodes take this process's PII key (LocalNode.init), so what it queues is theirs to read.
+    os.environ.setdefault("YIPANQI_PII_KEYS", pii.Keyring({1: pii.new_secret()}).dump())
     baseline = run(args.messages, 1, args.stalled)
     other = run(args.messages, args.concurrency, args.stalled)
     print(f"{args.messages} messages to a healthy peer, {args.stalled} queued before them for a hung peer")
