@@ -62,6 +62,7 @@ ENTRY_FIELDS = (
 
 _CREATED = re.compile(r";created=([0-9]{1,15})(?:;|$)")
 _KEYID = re.compile(r';keyid="([\x20\x21\x23-\x5b\x5d-\x7e]*)"(?:;|$)')
+_NONCE = re.compile(r';nonce="([\x20\x21\x23-\x5b\x5d-\x7e]*)"(?:;|$)')
 _SIGNATURE = re.compile(r"yp=:([A-Za-z0-9+/]{86}==):")
 
 
@@ -114,6 +115,26 @@ def keyid_of(signature_input: str) -> str:
     if match is None:
         raise ValueError("no keyid parameter")
     return match[1]
+
+
+def nonce_of(signature_input: str) -> str:
+    match = _NONCE.search(signature_input)
+    if match is None:
+        raise ValueError("no nonce parameter")
+    return match[1]
+
+
+def batch_items(body: bytes) -> list[bytes]:
+    """The items of a batch's body (``{"items": ["…", …]}``, docs/protocol.md section 18), each the
+    UTF-8 bytes of its string: the body of the message it carried. ValueError if it is not a batch."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError("not UTF-8 JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise ValueError('not a batch {"items": [...]}')
+    # A lone surrogate (an escape) cannot be in an accepted item; kept as it is, it matches none.
+    return [item.encode("utf-8", "surrogatepass") for item in data["items"] if isinstance(item, str)]
 
 
 def signature_bytes(signature: str) -> bytes:

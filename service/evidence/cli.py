@@ -43,7 +43,8 @@ def _print(report: Report, what: str) -> None:
         f"{what}: {report.entries} entries"
         + (f" (seq {report.first_seq}–{report.last_seq})" if report.entries else "")
         + f", {report.signatures} signatures verified, {report.checkpoints} signed checkpoints verified,"
-        f" {report.bodies} bodies match their digest, {report.purged} bodies purged",
+        f" {report.bodies} bodies match their digest, {report.purged} bodies purged"
+        + (f", {report.batches} messages shown in the batch their sender signed" if report.batches else ""),
         soft_wrap=True,
     )
     for note in report.notes[:SHOWN]:
@@ -116,7 +117,8 @@ def export_command(
     console.print(
         f"wrote {out}: {summary['in_range']} entries in range, {summary['entries']} with those"
         " linking them to"
-        f" a checkpoint, {summary['checkpoints']} checkpoints, {summary['bodies']} bodies",
+        f" a checkpoint, {summary['checkpoints']} checkpoints, {summary['bodies']} bodies"
+        + (f", {summary['batches']} batch bodies" if summary["batches"] else ""),
         soft_wrap=True,
     )
 

@@ -20,9 +20,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from service.evidence import chain
-from service.evidence.seal import ANSWERED, INBOX, LOOKUP, OUTBOX, _canonical_signature
+from service.evidence.seal import ANSWERED, BATCH_PATH, INBOX, LOOKUP, OUTBOX, _canonical_signature, _nonce
 from service.models import (
     CertificateCheck,
+    EvidenceBatchBody,
     EvidenceCheckpoint,
     EvidenceEntry,
     EvidenceHead,
@@ -38,6 +39,7 @@ from service.models import (
 BUNDLE_FORMAT = "yipanqi-evidence-bundle/1"
 CHUNK = 1000
 NOT_KEPT = object()  # a body that is not at hand (not in the bundle, or its row is gone)
+MISSING = object()  # a kept batch body that should be in the database and is not (deleted)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class Report:
     signatures: int = 0  # signatures that verified
     checkpoints: int = 0  # checkpoints that verified
     bodies: int = 0  # bodies that matched their digest
-    purged: int = 0  # bodies emptied by the retention purge
+    purged: int = 0  # bodies emptied by the retention purge (batch bodies too, once each)
+    batches: int = 0  # messages received in a batch shown to be in its kept, signed body
     problems: list[Finding] = field(default_factory=list)
     notes: list[Finding] = field(default_factory=list)
     first_seq: int | None = None
@@ -110,6 +113,18 @@ class Body:
     request_signature: tuple[str, str] | None = None
     answer_signature: tuple[str, str] | None = None
     fields: dict[str, Any] = field(default_factory=dict)  # other values the row keeps, as sealed
+    # The kept body of the batch that brought an inbox message (b"" purged, MISSING, UNREADABLE).
+    batch: Any = NOT_KEPT
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What a kept batch body shows, worked out once per batch."""
+
+    body: bytes
+    digest: str  # sha-256 Content-Digest of body
+    items: frozenset[bytes] | None  # its items' bytes; None: not a batch
+    item_digests: frozenset[str]
 
 
 class Verifier:
@@ -133,6 +148,8 @@ class Verifier:
         self.report = Report()
         self._expect, self._prev = first_seq, prev_hash
         self._hashes: dict[int, str] = {}
+        self._batches: dict[str, _Batch] = {}  # the last few batch bodies read, by signed digest
+        self._purged_batches: set[str] = set()
 
     def problem(self, seq: int | None, what: str) -> None:
         self.report.problems.append(Finding(seq, what))
@@ -298,6 +315,45 @@ class Verifier:
         for name, stored_value in known.fields.items():
             if stored_value != e[name]:
                 self.problem(seq, f"the message row's {name} is not the one sealed")
+        if e["kind"] == INBOX and e["request_path"] == BATCH_PATH and e["request_digest"]:
+            self._batch(seq, e, known)
+
+    def _batch(self, seq: int, e: Mapping[str, Any], known: Body) -> None:
+        """A message received in a batch: the batch body kept for its request must be the one the
+        sender signed (its digest), and one of its items must be the message's body."""
+        kept, signed = known.batch, str(e["request_digest"])
+        if kept is NOT_KEPT:
+            return
+        if kept is MISSING:
+            self.problem(seq, "the body of the batch that brought it is missing (deleted)")
+            return
+        if kept is UNREADABLE:
+            self.problem(seq, "the kept batch body cannot be read (not this node's ciphertext)")
+            return
+        if kept == b"":
+            occurred = chain.parse_timestamp(str(e["occurred_at"]))
+            if self.purge_before is not None and occurred >= self.purge_before:
+                self.problem(seq, "the batch body was emptied before its retention period ended")
+            elif signed not in self._purged_batches:
+                self._purged_batches.add(signed)
+                self.report.purged += 1
+            return
+        batch = self._batches.get(signed)
+        if batch is None or batch.body is not kept:
+            batch = _read_batch(bytes(kept))
+            if len(self._batches) >= 8:
+                self._batches.clear()
+            self._batches[signed] = batch
+        if batch.digest != signed:
+            self.problem(seq, "the kept batch body does not match the digest its sender signed (altered)")
+        elif batch.items is None:
+            self.problem(seq, 'the kept batch body is not a batch {"items": [...]}')
+        elif e["body_digest"] not in batch.item_digests or (
+            isinstance(known.body, bytes | bytearray) and known.body and bytes(known.body) not in batch.items
+        ):
+            self.problem(seq, "the kept batch body does not hold this message (no item is its body)")
+        else:
+            self.report.batches += 1
 
     # --- checkpoints and the head ---------------------------------------------------------------
 
@@ -346,6 +402,15 @@ class Verifier:
             )
         elif seq == last and head_hash != self._prev:
             self.problem(seq, "the chain head's hash is not the last entry's")
+
+
+def _read_batch(body: bytes) -> _Batch:
+    try:
+        items: frozenset[bytes] | None = frozenset(chain.batch_items(body))
+    except ValueError:
+        items = None
+    digests = frozenset(chain.content_digest(item) for item in items or ())
+    return _Batch(body, chain.content_digest(body), items, digests)
 
 
 # --- from the database -----------------------------------------------------------------------------
@@ -419,6 +484,7 @@ def _known(session: Session, entries: Sequence[Mapping[str, Any]]) -> dict[int, 
         known[by_source[(INBOX, m.message_id)]] = Body(
             m.body, request_signature=_canonical_signature(m.signature_input, m.signature, response=False)
         )
+    _batch_bodies(session, entries, known)
     outbox = [s for k, s in by_source if k == OUTBOX]
     for o in _rows(session, OutboxMessage, OutboxMessage.message_id, outbox):
         if isinstance(o, tuple):
@@ -464,6 +530,39 @@ def _known(session: Session, entries: Sequence[Mapping[str, Any]]) -> dict[int, 
                 },
             )
     return known
+
+
+def _batch_bodies(session: Session, entries: Sequence[Mapping[str, Any]], known: dict[int, Body]) -> None:
+    """The kept batch bodies of the inbox entries that came in a batch, by (keyid, nonce) of the
+    sealed request; of several (a nonce used again after it expired), the one with the signed digest."""
+    wanted: dict[int, tuple[str, str, str]] = {}
+    for e in entries:
+        if e["kind"] == INBOX and e["request_path"] == BATCH_PATH and e["request_digest"]:
+            nonce = _nonce(e["request_signature_input"])
+            wanted[e["seq"]] = (str(e["request_keyid"]), nonce or "", str(e["request_digest"]))
+    if not wanted:
+        return
+    kept: dict[tuple[str, str], list[Any]] = {}
+    nonces = sorted({n for _k, n, _d in wanted.values()})
+    for row in _rows(session, EvidenceBatchBody, EvidenceBatchBody.nonce, nonces):
+        if isinstance(row, tuple):  # one of this nonce's rows cannot be read
+            for keyid, nonce, _digest in wanted.values():
+                if nonce == row[1]:
+                    kept.setdefault((keyid, nonce), []).append(UNREADABLE)
+            continue
+        kept.setdefault((row.keyid, row.nonce), []).append(row.body)
+    digests: dict[int, str] = {}  # id(body) → its digest: each body hashed once
+    for seq, (keyid, nonce, digest) in wanted.items():
+        bodies = kept.get((keyid, nonce), [])
+        chosen: Any = bodies[0] if bodies else MISSING
+        for body in bodies:
+            if isinstance(body, bytes) and body:
+                if id(body) not in digests:
+                    digests[id(body)] = chain.content_digest(body)
+                if digests[id(body)] == digest:
+                    chosen = body
+                    break
+        known[seq].batch = chosen
 
 
 def _entries(
@@ -531,7 +630,9 @@ def export_bundle(
     entry between them and on to the first checkpoint that covers the last, the checkpoints among
     them and the public keys they need, as one JSON file; its summary.
 
-    Bodies carry personal data: only with ``include_bodies``. Receipts (no personal data) always."""
+    Bodies carry personal data: only with ``include_bodies``, and with them the kept body of each
+    batch that brought a message in the window (``batches``, by its signed digest: it holds the
+    batch's other items too). Receipts (no personal data) always."""
     from service.db import read_session
 
     with read_session(engine) as session:
@@ -567,6 +668,7 @@ def export_bundle(
         )
     entries: list[dict[str, Any]] = []
     bodies: dict[str, str | None] = {}
+    batches: dict[str, str | None] = {}
     answers: dict[str, str] = {}
     used: dict[str, KeyInfo] = {}
     for chunk, known in _entries(engine, first, through) if seqs else ():
@@ -576,6 +678,9 @@ def export_bundle(
             body = known[seq]
             if include_bodies and isinstance(body.body, bytes | bytearray) and first <= seq <= last:
                 bodies[str(seq)] = base64.b64encode(body.body).decode("ascii") if body.body else None
+            batch, signed = body.batch, data["request_digest"]
+            if include_bodies and isinstance(batch, bytes) and first <= seq <= last and signed not in batches:
+                batches[str(signed)] = base64.b64encode(batch).decode("ascii") if batch else None
             if body.answer is not None and data["kind"] == OUTBOX:
                 answers[str(seq)] = base64.b64encode(body.answer).decode("ascii")
             for keyid, recorded in (
@@ -601,6 +706,7 @@ def export_bundle(
         "checkpoints": checkpoints,
         "keys": [k.as_json() for k in sorted(used.values(), key=lambda k: k.keyid)],
         "bodies": bodies,
+        "batches": batches,
         "receipts": answers,
     }
     out.write_text(json.dumps(bundle, indent=1, sort_keys=True), encoding="utf-8")
@@ -609,6 +715,7 @@ def export_bundle(
         "in_range": len(seqs),
         "checkpoints": len(checkpoints),
         "bodies": len(bodies),
+        "batches": len(batches),
     }
 
 
@@ -628,6 +735,8 @@ def verify_bundle(path: Path, *, skew: timedelta = timedelta(seconds=300)) -> Re
         keys = {k["keyid"]: KeyInfo.from_json(k) for k in bundle["keys"]}
         entries = sorted(bundle["entries"], key=lambda e: int(e["seq"]))
         bodies, receipts = bundle.get("bodies", {}), bundle.get("receipts", {})
+        batches = bundle.get("batches", {})  # bundles before migration 0017 have none
+        decoded: dict[str, bytes] = {}  # each batch decoded once, for all the entries it brought
         first = int(bundle["first_seq"]) if bundle.get("first_seq") is not None else 1
         verifier = Verifier(
             keys,
@@ -643,6 +752,12 @@ def verify_bundle(path: Path, *, skew: timedelta = timedelta(seconds=300)) -> Re
                 known.body = base64.b64decode(bodies[seq]) if bodies[seq] is not None else b""
             if seq in receipts:
                 known.answer = base64.b64decode(receipts[seq])
+            signed = entry["request_digest"]
+            if entry["request_path"] == BATCH_PATH and signed in batches:
+                if signed not in decoded:
+                    text = batches[signed]
+                    decoded[signed] = base64.b64decode(text) if text is not None else b""
+                known.batch = decoded[signed]
             verifier.feed(entry, known)
         verifier.checkpoints(bundle["checkpoints"], bundle.get("node_id"))
     except (KeyError, TypeError, ValueError) as exc:

@@ -28,7 +28,7 @@ from service.errors import (
     SenderMismatch,
 )
 from service.exchange.envelope import Envelope, P, Receipt, canonical_json, receipt_body
-from service.models import InboxMessage, OutboxMessage, SeenNonce
+from service.models import EvidenceBatchBody, InboxMessage, OutboxMessage, SeenNonce
 from service.signing.http import VerifiedSignature, content_digest
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class Accepted:
 
 _NONCES = SeenNonce.__table__  # type: ignore[attr-defined]
 _INBOX = InboxMessage.__table__  # type: ignore[attr-defined]
+_BATCH_BODIES = EvidenceBatchBody.__table__  # type: ignore[attr-defined]
 
 
 def _record_nonce(session: Session, sig: VerifiedSignature, keep_until: datetime) -> None:
@@ -270,6 +271,15 @@ class CheckedItem:
 
 
 @dataclass(frozen=True)
+class BatchBody:
+    """A batch's exact request body and its Content-Digest (taken before the transaction), kept as
+    evidence with the batch's accepted items (docs/protocol.md section 18)."""
+
+    body: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
 class _Known:
     digest: str
     received_at: datetime
@@ -283,6 +293,7 @@ def accept_batch(
     signature: VerifiedSignature,
     now: datetime,
     nonce_keep_until: datetime,
+    kept: BatchBody | None = None,
 ) -> list[Accepted | DomainError]:
     """Rule 7 (the batch's nonce), then each checked item as ``accept`` would take it alone: its
     outcome, in order. An item whose ``message_id`` is stored, or came earlier in the same batch and
@@ -291,7 +302,8 @@ def accept_batch(
     none of them twice. A run whose endpoint has a bulk path (``handle_many``) is handed to it at
     once, in one SAVEPOINT; any other item's domain work runs in a SAVEPOINT of its own. Either way
     a refused item leaves nothing behind and spoils nothing else. The accepted items' inbox rows are
-    written in one statement at the end.
+    written in one statement at the end, and with them, if any, the batch's body (``kept``: the
+    evidence that the sender signed these items), once.
 
     Raises IntegrityError when a concurrent request stored one of the messages meanwhile (the
     caller runs the batch again, and then it is a duplicate), and what the database raises."""
@@ -343,6 +355,15 @@ def accept_batch(
         take_run()
     if rows:
         session.connection().execute(insert(_INBOX), rows)
+        if kept is not None:  # encrypted at rest by the column's type, as the items' bodies are
+            batch_row = {
+                "keyid": signature.keyid,
+                "nonce": signature.nonce or "",
+                "digest": kept.digest,
+                "received_at": received_at,
+                "body": kept.body,
+            }
+            session.connection().execute(insert(_BATCH_BODIES).values(batch_row))
     done = [outcome for outcome in outcomes if outcome is not None]
     assert len(done) == len(items)
     return done

@@ -27,6 +27,7 @@ from service.exchange.batch import BatchInfo, BatchResponse
 from service.exchange.envelope import Receipt, canonical_json
 from service.exchange.inbox import (
     Accepted,
+    BatchBody,
     CheckedItem,
     PeerEndpoint,
     accept,
@@ -36,7 +37,7 @@ from service.exchange.inbox import (
     nonce_seen,
 )
 from service.exchange.security import PeerRequest, SettingsDep, SignerDep, VerifiedPeer
-from service.signing.http import RequestBinding, sign_response
+from service.signing.http import RequestBinding, content_digest, sign_response
 from service.signing.node import NodeSigner, node_keys
 
 log = logging.getLogger("yipanqi.security")
@@ -412,13 +413,21 @@ def _accept_batch(
         raise
     checked = [batch.check_item(text, endpoints, peer.signature, local_node=local_node) for text in texts]
     good = [item for item in checked if isinstance(item, CheckedItem)]
+    # The batch's body is kept with its accepted items (evidence of who sent them): its digest is
+    # taken here, before the transaction.
+    kept = BatchBody(peer.body, content_digest(peer.body)) if good else None
     expires = peer.signature.expires or utcnow()
     keep_until = expires + timedelta(seconds=settings.clock_skew_seconds)
     for attempt in range(2):
         try:
             with transaction() as session:
                 outcomes = accept_batch(
-                    session, good, signature=peer.signature, now=utcnow(), nonce_keep_until=keep_until
+                    session,
+                    good,
+                    signature=peer.signature,
+                    now=utcnow(),
+                    nonce_keep_until=keep_until,
+                    kept=kept,
                 )
             break
         except IntegrityError:  # a concurrent request stored one of them first: now a duplicate

@@ -12,6 +12,7 @@ from service.models.certificates import (
 )
 from service.models.directory import DirectoryDocument, Peer, PeerKey
 from service.models.evidence import (
+    EvidenceBatchBody,
     EvidenceCheckpoint,
     EvidenceEntry,
     EvidenceHead,
@@ -49,6 +50,7 @@ __all__ = [
     "Direction",
     "DirectoryDocument",
     "EarlyWarning",
+    "EvidenceBatchBody",
     "EvidenceCheckpoint",
     "EvidenceEntry",
     "EvidenceHead",

@@ -11,6 +11,7 @@ from sqlmodel import Field, SQLModel
 from service.models.base import utc_field
 from service.models.certificates import CertificateCheck
 from service.models.exchange import InboxMessage, OutboxMessage
+from service.signing.pii import EncryptedBytes
 
 
 class EvidenceEntry(SQLModel, table=True):
@@ -100,6 +101,25 @@ class EvidenceSentAnswer(SQLModel, table=True):
     message_id: str = Field(primary_key=True, max_length=36)  # the look-up's
     signature_input: str = Field(sa_type=Text)
     signature: str = Field(sa_type=Text)
+
+
+class EvidenceBatchBody(SQLModel, table=True):
+    """The exact body of a batch (``POST /peer/v1/batch``) that brought accepted messages, kept once
+    per batch in the transaction that stores them: the sender's signature covers its digest, and
+    each of those messages is one of its items (docs/protocol.md section 18). Found from an inbox
+    row or an entry by the request's keyid and nonce (its Signature-Input); not unique, since
+    ``seen_nonce`` forgets a nonce once its signature has expired."""
+
+    __tablename__ = "evidence_batch_body"
+    # Up to 1 MiB a body: re-encrypted a few rows at a time (service/signing/pii_rotation.py).
+    __table_args__ = (Index("ix_evidence_batch_nonce", "nonce", "keyid"), {"info": {"pii_rows_at_once": 8}})
+
+    id: int | None = Field(default=None, primary_key=True)
+    keyid: str = Field(max_length=40)
+    nonce: str = Field(max_length=128)
+    digest: str = Field(max_length=100)  # the Content-Digest signed (sha-256 of body)
+    received_at: datetime = utc_field(index=True)  # its items' received_at
+    body: bytes = Field(sa_type=EncryptedBytes("evidence_batch_body.body"))  # b"" once purged
 
 
 # The sealer looks for new messages by time (from the last sealed one, less a margin).

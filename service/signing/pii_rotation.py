@@ -74,8 +74,9 @@ def reencrypt(engine: Engine | None = None, *, batch_size: int = 500) -> Reencry
         (key,) = table.primary_key.columns
         raws = [type_coerce(c, c.type.impl) for c in columns]
         after: Any = None
+        rows_at_once = min(batch_size, table.info.get("pii_rows_at_once", batch_size))  # big values: fewer
         while True:
-            query = select(key, *raws).order_by(key).limit(batch_size)
+            query = select(key, *raws).order_by(key).limit(rows_at_once)
             if after is not None:
                 query = query.where(key > after)
             with read_session(engine) as session:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.certificates import peer as certificates_peer
-from service.clock import utcnow
-from service.config import get_settings
+from service.clock import clock, utcnow
+from service.config import Settings, get_settings
 from service.db import make_engine, read_session, transaction
 from service.directory.service import KeySpec, add_peer
 from service.evidence import chain
@@ -27,6 +28,8 @@ from service.evidence.record import ANSWER_STATE, keep_answer
 from service.evidence.seal import checkpoint, seal
 from service.exchange import inbox, routes
 from service.exchange.envelope import canonical_json
+from service.exchange.security import PeerRequest
+from service.main import PEER_ENDPOINTS
 from service.migrations import upgrade
 from service.models import (
     CertificateCheck,
@@ -39,6 +42,7 @@ from service.models import (
 from service.signing import http
 from service.signing.keys import public_key_text
 from service.signing.node import NodeSigner, init_node, load_signer
+from service.sla.deadlines import SHANGHAI
 from service.verification.service import REQUEST
 from tests.certificates.factories import id_number, person
 from tests.conftest import backend_urls
@@ -47,6 +51,7 @@ HERE, PEER = "410105", "411627"
 PEER_KEYID = f"{PEER}/k1"
 REQUESTS = "/verification-requests"
 LOOKUPS = "/peer/v1/certificate-lookups"
+BATCH = "/peer/v1/batch"
 BORN = date(1990, 3, 8)
 
 
@@ -135,6 +140,46 @@ class Log:
             session.commit()
         self.inbox.append(message_id)
         return message_id
+
+    def receive_batch(self, count: int = 2) -> bytes:
+        """``count`` 协查 requests from the peer in one signed batch (and one item refused: another
+        sender), taken through the batch route's own function; the batch's body."""
+        at = self.tick().replace(microsecond=0)
+        ids = [str(uuid.uuid4()) for _ in range(count)]
+        items = [batch_item(message_id, at) for message_id in ids]
+        items.insert(1, batch_item(str(uuid.uuid4()), at, sender="310110"))
+        body = json.dumps({"items": items}).encode("ascii")  # non-ASCII escaped, as another writer may
+        statuses = self.take_batch(body)
+        assert statuses == [202, 403] + [202] * (count - 1), statuses
+        self.inbox.extend(ids)
+        return body
+
+    def take_batch(self, body: bytes) -> list[int]:
+        """A batch body signed by the peer (a new request: its own nonce), through the route's own
+        function (``routes._accept_batch``), on the clock of the next tick; each item's status."""
+        at = self.tick().replace(microsecond=0)
+        headers = http.sign_request(
+            method="POST", path=BATCH, body=body, key=self.peer_key, keyid=PEER_KEYID, created=at
+        )
+        signature = http.verify_request(
+            method="POST",
+            path=BATCH,
+            headers=headers.items(),
+            body=body,
+            resolve_key=lambda _keyid: self.peer_key.public_key(),
+            now=at,
+        )
+        endpoints = {e.message_type: e for e in PEER_ENDPOINTS if not e.synchronous}
+        clock.freeze(at)
+        try:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(routes, "transaction", partial(transaction, self.engine))
+                answers = routes._accept_batch(
+                    endpoints, PeerRequest(body, signature), Settings.model_construct(), HERE
+                )
+        finally:
+            clock.reset()
+        return [a.status for a in answers]
 
     def _answer(
         self,
@@ -340,6 +385,32 @@ class Log:
 
     def checkpoint(self) -> None:
         assert checkpoint(self.engine, self.signer, now=self.tick()) is not None
+
+
+def batch_item(message_id: str, at: datetime, *, sender: str = PEER) -> str:
+    """A 协查 request from ``sender`` to this node, as a batch carries it (its body as a string)."""
+    envelope = {
+        "message_id": message_id,
+        "type": REQUEST,
+        "sender": sender,
+        "recipient": HERE,
+        "sent_at": at.astimezone(SHANGHAI).isoformat(),
+        "correlation_id": None,
+        "payload": {
+            "subject": {
+                "id_number": "411627199503080024",
+                "name": "王秀英",
+                "sex": "F",
+                "birth_date": "1995-03-08",
+            },
+            "topic": "marital_status",
+            "priority": "normal",
+            "key_target": False,
+            "question": "请核实该对象婚育情况。",
+            "reference": f"JS-2026-{message_id[:6]}",
+        },
+    }
+    return canonical_json(envelope).decode("utf-8")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -35,6 +35,7 @@ FIELDS = [  # every field but entry_hash, plus "format"
     "sealed_at",
     "prev_hash",
 ]
+BATCH = "/peer/v1/batch"  # a message received in a batch: the sender signed the batch's body
 BOUND = 'yp=("@status" "content-type" "content-digest" "@path";req "content-digest";req "signature";req;key="yp");'  # noqa: E501
 
 
@@ -58,6 +59,7 @@ def digest(body):
 
 
 bad, prev, hashes, expect = [], bundle["prev_hash"], {}, bundle["first_seq"]
+batches, items_of = bundle.get("batches", {}), {}  # kept batch bodies (with --include-bodies)
 for e in sorted(bundle["entries"], key=lambda e: e["seq"]):
     s = e["seq"]
     if s != expect:
@@ -99,6 +101,20 @@ for e in sorted(bundle["entries"], key=lambda e: e["seq"]):
     body = bundle["bodies"].get(str(s))
     if body and digest(base64.b64decode(body)) != e["body_digest"]:
         bad.append((s, "body does not match its digest"))
+    batch = batches.get(e["request_digest"] or "") if e["request_path"] == BATCH else None
+    if batch:  # the signed digest is the batch body's, and one of its items is this message's body
+        if batch not in items_of:
+            raw = base64.b64decode(batch)
+            try:
+                items = [i.encode("utf-8", "surrogatepass") for i in json.loads(raw)["items"]]
+            except Exception:
+                items = []
+            items_of[batch] = (digest(raw), {digest(i): i for i in items})
+        signed, items = items_of[batch]
+        if signed != e["request_digest"]:
+            bad.append((s, "batch body does not match its signed digest"))
+        elif e["body_digest"] not in items or (body and items[e["body_digest"]] != base64.b64decode(body)):
+            bad.append((s, "the message is not in its batch"))
 for c in bundle["checkpoints"]:
     payload = json.dumps(
         {

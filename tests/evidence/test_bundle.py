@@ -35,7 +35,7 @@ def export(log: Log, out: Path, *, bodies: bool = True, **window: timedelta) -> 
 
 def test_a_bundle_verifies_offline(sealed: Log, tmp_path: Path) -> None:
     out = tmp_path / "bundle.json"
-    assert export(sealed, out) == {"entries": 6, "in_range": 6, "checkpoints": 1, "bodies": 6}
+    assert export(sealed, out) == {"entries": 6, "in_range": 6, "checkpoints": 1, "bodies": 6, "batches": 0}
     report = verify_bundle(out)
     assert report.ok, report.problems
     assert (report.entries, report.signatures, report.checkpoints, report.bodies) == (6, 8, 1, 6)
