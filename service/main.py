@@ -54,6 +54,7 @@ from service.notices import routes as notices
 from service.notifications import routes as notifications
 from service.notifications.peer import ENDPOINTS as NOTIFICATION_ENDPOINTS
 from service.people import routes as people
+from service.rate_windows import window_storage
 from service.scheduler import Heartbeat, build_scheduler
 from service.signing.node import load_signer
 from service.signing.pii_rotation import check_database as check_pii_key
@@ -214,7 +215,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = NodeMetrics()
     app.state.peer_keys = PeerKeys(get_engine, settings.directory_refresh_seconds)
     app.state.staff_accounts = StaffAccounts(
-        get_engine, settings.directory_refresh_seconds, settings.auth_failures_per_minute
+        get_engine,
+        settings.directory_refresh_seconds,
+        settings.auth_failures_per_minute,
+        windows=window_storage(settings),  # failed sign-ins counted across replicas (PostgreSQL)
     )
     app.include_router(build_peer_router(PEER_ENDPOINTS))
     app.include_router(verification.router)

@@ -19,7 +19,7 @@ from service.models.evidence import (
     EvidenceSentAnswer,
     EvidenceSentRequest,
 )
-from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, SeenNonce
+from service.models.exchange import InboxMessage, OutboxMessage, OutboxStatus, RateLimitHit, SeenNonce
 from service.models.idempotency import IdempotencyKey
 from service.models.node import LocalNode, NodeKey
 from service.models.notifications import Notification, NotificationKind, NotificationStatus
@@ -78,6 +78,7 @@ __all__ = [
     "PeerKey",
     "Person",
     "Priority",
+    "RateLimitHit",
     "Role",
     "SeenNonce",
     "Sex",

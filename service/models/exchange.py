@@ -70,3 +70,16 @@ class SeenNonce(SQLModel, table=True):
     keyid: str = Field(primary_key=True, max_length=40)
     nonce: str = Field(primary_key=True, max_length=128)
     expires_at: datetime = utc_field(index=True)
+
+
+class RateLimitHit(SQLModel, table=True):
+    """One counted event of a rate limit (a look-up, a failed sign-in) in its moving window, shared
+    by every replica on PostgreSQL (service/rate_windows.py); rows past the window are deleted."""
+
+    __tablename__ = "rate_limit_hit"
+    __table_args__ = (Index("ix_rate_limit_hit_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=200)  # the limit and what it counts ("…/peer:411627", "…/source:…")
+    at: float  # epoch seconds, as the limits library keeps its windows
+    expires_at: float  # when it leaves its window (at + the window's length; a fixed window's end)

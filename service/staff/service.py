@@ -15,14 +15,16 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from limits import RateLimitItemPerMinute
-from limits.storage import MemoryStorage
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -31,7 +33,14 @@ from sqlmodel import Session, col, select
 
 from service.clock import utcnow
 from service.config import get_settings
-from service.errors import DomainError, NotAuthenticated, NotFound, TooManyRequests, ValidationFailed
+from service.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    NotAuthenticated,
+    NotFound,
+    TooManyRequests,
+    ValidationFailed,
+)
 from service.models import Role, Staff
 from service.models.staff import principal_role, roles_text
 from service.schemas import DB_ID_MAX
@@ -301,6 +310,7 @@ class StaffAccounts:
         failures_per_minute: int,
         monotonic: Callable[[], float] = time.monotonic,
         clock: Callable[[], datetime] = utcnow,
+        windows: Storage | None = None,
     ) -> None:
         self._accounts = Snapshot(
             STAFF, _load_accounts, engine=engine, refresh_seconds=refresh_seconds, monotonic=monotonic
@@ -310,7 +320,8 @@ class StaffAccounts:
         self._lock = threading.Lock()
         self._hashing = threading.Lock()
         self._limit = RateLimitItemPerMinute(failures_per_minute)
-        self._failures = MovingWindowRateLimiter(MemoryStorage())
+        # Shared by the replicas on PostgreSQL (service/rate_windows.py), else this process's memory.
+        self._failures = MovingWindowRateLimiter(windows or MemoryStorage())
 
     def authenticate(self, token: str, source: str) -> Staff:
         match = _TOKEN.fullmatch(token)
@@ -326,7 +337,7 @@ class StaffAccounts:
         keys = (f"source:{source}", f"account:{staff_id}")
         # One argon2 check at a time in the process: the limit is checked and counted under the
         # same lock, so a burst cannot slip past it, and a flood holds at most one core.
-        with self._hashing:
+        with self._hashing, _windows_unavailable_is_503():
             for key in keys:
                 if not self._failures.test(self._limit, key):
                     wait = self._wait(key)
@@ -359,6 +370,14 @@ class StaffAccounts:
         # The limiter's windows are in epoch seconds.
         reset = self._failures.get_window_stats(self._limit, key).reset_time
         return max(1, math.ceil(reset - time.time()))  # real clock
+
+
+@contextmanager
+def _windows_unavailable_is_503() -> Iterator[None]:
+    try:
+        yield
+    except StorageError as exc:  # the shared windows' database did not answer
+        raise DatabaseUnavailable("the database did not answer; try again later", retry_after=5) from exc
 
 
 def _load_accounts(session: Session) -> dict[int, Staff]:
