@@ -26,6 +26,7 @@ from limits.storage import MemoryStorage, MovingWindowSupport, Storage
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session
 
 from service.config import Settings
 from service.db import get_engine, read_session, transaction
@@ -125,6 +126,13 @@ def _locked(connection: Connection, key: str, now: float) -> Connection:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
     connection.execute(delete(_HITS).where(_HITS.c.key == key, _HITS.c.expires_at <= now))
     return connection
+
+
+def sweep_windows(session: Session, now: float | None = None) -> int:
+    """Delete every row that has left its window (a key is cleaned when it is hit again; this is for
+    the keys that are not: a source address seen once). With the nonce sweep, every 5 minutes."""
+    at = time.time() if now is None else now  # real clock: the library's epoch seconds
+    return int(session.connection().execute(delete(_HITS).where(_HITS.c.expires_at <= at)).rowcount)
 
 
 def window_storage(settings: Settings) -> Storage:

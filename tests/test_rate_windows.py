@@ -25,11 +25,11 @@ from sqlalchemy.engine import Engine
 
 from service.certificates.throttle import PeerLimits
 from service.config import Settings
-from service.db import make_engine
+from service.db import make_engine, transaction
 from service.errors import DatabaseUnavailable, TooManyRequests
 from service.localnet import free_port
 from service.migrations import upgrade
-from service.rate_windows import DatabaseStorage, window_storage
+from service.rate_windows import DatabaseStorage, sweep_windows, window_storage
 from tests.conftest import NetworkFactory, PostgresServer
 
 
@@ -182,3 +182,17 @@ def test_failed_sign_ins_are_limited_once_for_two_worker_processes(postgres_netw
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.postgres
+def test_the_sweep_forgets_rows_past_their_window(replicas: tuple[list[Engine], Clock]) -> None:
+    engines, clock = replicas
+    (storage, _other) = storages(engines, clock)
+    limiter = MovingWindowRateLimiter(storage)
+    assert limiter.hit(parse("3/minute"), "source:192.0.2.1")  # seen once, never again
+    assert limiter.hit(parse("3/hour"), "source:192.0.2.2")
+    with transaction(engines[0]) as session:
+        assert sweep_windows(session, clock.start + 59) == 0
+    with transaction(engines[0]) as session:
+        assert sweep_windows(session, clock.start + 60) == 1
+    assert storage.get("LIMITER/source:192.0.2.2/3/1/hour") == 1
