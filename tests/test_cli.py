@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -253,31 +251,11 @@ def test_serve_workers_on_sqlite_is_refused_with_the_reason(node_dir: Path) -> N
 
 @pytest.mark.postgres
 def test_serve_workers_runs_several_processes_on_postgres(postgres_network: NetworkFactory) -> None:
-    (node,) = postgres_network([("410105", "金水区")], start=False)
-    env = {**node.env, "YIPANQI_RELAY_ENABLED": "false"}
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, "serve --workers 2 exited"
-            time.sleep(0.1)  # real clock: waiting for a process
-        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-        assert len(children) >= 2, children  # the workers (and uvicorn's own helper, if any)
-        headers = {"Authorization": f"Bearer {node.token}"}
-        answers = [httpx.get(f"{url}/api/v1/verification-requests", headers=headers) for _ in range(20)]
-        assert {a.status_code for a in answers} == {200}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    (node,) = postgres_network([("410105", "金水区")], start=False, env={"YIPANQI_RELAY_ENABLED": "false"})
+    node.start(workers=2)
+    assert node.process is not None
+    children = Path(f"/proc/{node.process.pid}/task/{node.process.pid}/children").read_text().split()
+    assert len(children) >= 2, children  # the workers (and uvicorn's own helper, if any)
+    headers = {"Authorization": f"Bearer {node.token}"}
+    answers = [httpx.get(f"{node.url}/api/v1/verification-requests", headers=headers) for _ in range(20)]
+    assert {a.status_code for a in answers} == {200}

@@ -7,10 +7,6 @@ are in epoch seconds). The last test runs ``yipanqi serve --workers 2`` for real
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -152,36 +148,15 @@ def test_sqlite_keeps_the_windows_in_memory_and_postgresql_in_the_database() -> 
 
 @pytest.mark.postgres
 def test_failed_sign_ins_are_limited_once_for_two_worker_processes(postgres_network: NetworkFactory) -> None:
-    (node,) = postgres_network([("410105", "金水区")], start=False)
-    env = {**node.env, "YIPANQI_RELAY_ENABLED": "false", "YIPANQI_AUTH_FAILURES_PER_MINUTE": "4"}
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, "serve --workers 2 exited"
-            time.sleep(0.1)  # real clock: waiting for a process
-        wrong = {"Authorization": f"Bearer {node.token[:-4]}xxxx"}
-        # A new connection each time, so that both workers take some of them.
-        statuses = [
-            httpx.get(f"{url}/api/v1/verification-requests", headers=wrong).status_code for _ in range(16)
-        ]
-        assert statuses.count(401) == 4, statuses
-        assert set(statuses[4:]) == {429}, statuses
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    env = {"YIPANQI_RELAY_ENABLED": "false", "YIPANQI_AUTH_FAILURES_PER_MINUTE": "4"}
+    (node,) = postgres_network([("410105", "金水区")], start=False, env=env)
+    node.start(workers=2)
+    wrong = {"Authorization": f"Bearer {node.token[:-4]}xxxx"}
+    # A new connection each time, so that both workers take some of them.
+    url = f"{node.url}/api/v1/verification-requests"
+    statuses = [httpx.get(url, headers=wrong).status_code for _ in range(16)]
+    assert statuses.count(401) == 4, statuses
+    assert set(statuses[4:]) == {429}, statuses
 
 
 @pytest.mark.postgres
