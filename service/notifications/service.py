@@ -256,7 +256,13 @@ def receive_acks(
             col(Notification.direction),
             col(Notification.peer),
             col(Notification.acknowledged_at),
-        ).where(col(Notification.message_id).in_(message_ids))
+        )
+        .where(col(Notification.message_id).in_(message_ids))
+        # Locked until the transaction ends, in id order (no deadlock between two runs): on PostgreSQL
+        # a concurrent ack waits here and then finds the notification acknowledged, a conflict.
+        # SQLite has no FOR UPDATE (left out): its write transactions take turns.
+        .order_by(col(Notification.id))
+        .with_for_update()
     ).all()
     # Kept current as the run goes: a second ack for the same notification is a conflict.
     targets = {row[0]: _AckTarget(*row[1:]) for row in found}

@@ -239,7 +239,13 @@ def receive_replies(
 
 
 def _counterparties(session: Session, inbounds: Sequence[InboundMessage[Any]]) -> dict[str, _Counterparty]:
-    """The cases the messages answer (by their correlation_id), as stored now: one SELECT."""
+    """The cases the messages answer (by their correlation_id), as stored now: one SELECT.
+
+    The rows are locked (``FOR UPDATE``, in id order) until the transaction ends: on PostgreSQL a
+    concurrent ack or reply for one of these cases waits here for this transaction and then decides
+    from the case as it commits it, so of two that exclude each other exactly one is taken (the id
+    order: two runs locking several cases cannot deadlock). SQLite has no FOR UPDATE (SQLAlchemy
+    leaves it out): there write transactions take turns (``BEGIN IMMEDIATE``)."""
     request_ids = {str(inbound.envelope.correlation_id) for inbound in inbounds}
     found = session.execute(
         sql_select(  # six columns: more than sqlmodel's select is typed for
@@ -249,7 +255,10 @@ def _counterparties(session: Session, inbounds: Sequence[InboundMessage[Any]]) -
             col(VerificationCase.peer),
             col(VerificationCase.status),
             col(VerificationCase.acknowledged_at),
-        ).where(col(VerificationCase.request_message_id).in_(request_ids))
+        )
+        .where(col(VerificationCase.request_message_id).in_(request_ids))
+        .order_by(col(VerificationCase.id))
+        .with_for_update()
     ).all()
     return {
         row[0]: _Counterparty(row[1], Direction(row[2]), row[3], CaseStatus(row[4]), row[5]) for row in found
@@ -557,8 +566,13 @@ def _touch(session: Session, case: VerificationCase) -> None:
 
 
 def _case_by_request(session: Session, request_id: str) -> VerificationCase:
+    """The case, locked for the transaction (PostgreSQL; SQLite's writers take turns): a receipt the
+    relay records and a peer's ack arriving at the same moment cannot both start from one state."""
     case = session.exec(
-        select(VerificationCase).where(VerificationCase.request_message_id == request_id)
+        select(VerificationCase)
+        .where(VerificationCase.request_message_id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
     if case is None:
         raise UnknownRequest(f"no 协查 request {request_id}")
@@ -569,10 +583,16 @@ Refusal = Callable[[_Counterparty | None, str, str], DomainError | None]
 
 
 def _counterparty_case(session: Session, inbound: InboundMessage[Any], refusal: Refusal) -> VerificationCase:
-    """The outgoing case a peer's ack or reply answers, if ``refusal`` finds no reason to refuse it."""
+    """The outgoing case a peer's ack or reply answers, if ``refusal`` finds no reason to refuse it.
+
+    Read ``FOR UPDATE`` (as ``_counterparties`` reads the bulk path's), and as stored now even if the
+    session has it already: a concurrent ack or reply for the case waits for this transaction."""
     request_id = str(inbound.envelope.correlation_id)
     case = session.exec(
-        select(VerificationCase).where(VerificationCase.request_message_id == request_id)
+        select(VerificationCase)
+        .where(VerificationCase.request_message_id == request_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
     reason = refusal(None if case is None else _counterparty(case), request_id, inbound.envelope.sender)
     if reason is not None:
