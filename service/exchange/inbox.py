@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any, Generic
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import delete, insert
+from sqlalchemy import bindparam, delete, insert
+from sqlalchemy import select as sql_select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -113,15 +114,45 @@ class Accepted:
 _NONCES = SeenNonce.__table__  # type: ignore[attr-defined]
 _INBOX = InboxMessage.__table__  # type: ignore[attr-defined]
 _BATCH_BODIES = EvidenceBatchBody.__table__  # type: ignore[attr-defined]
+# The statements of every peer request, built once: Core, with their parameters given apart, so each
+# is compiled once and found in the statement cache without building a new cache key per request.
+_INSERT_NONCE = insert(_NONCES)
+_INSERT_INBOX = insert(_INBOX)
+_KNOWN_ONE = sql_select(_INBOX.c.digest, _INBOX.c.received_at, _INBOX.c.due_at).where(
+    _INBOX.c.message_id == bindparam("message_id")
+)
+# On PostgreSQL both in one round trip: the nonce written by a WITH clause, the SELECT after it.
+_NONCE_THEN_KNOWN = _KNOWN_ONE.add_cte(
+    insert(_NONCES)
+    .values(keyid=bindparam("keyid"), nonce=bindparam("nonce"), expires_at=bindparam("expires_at"))
+    .returning(_NONCES.c.keyid)
+    .cte("recorded")
+)
 
 
 def _record_nonce(session: Session, sig: VerifiedSignature, keep_until: datetime) -> None:
-    # A Core INSERT: on the hot path of every peer request, no ORM unit of work for one row.
     values = {"keyid": sig.keyid, "nonce": sig.nonce or "", "expires_at": keep_until}
     try:
-        session.connection().execute(insert(_NONCES).values(values))
+        session.connection().execute(_INSERT_NONCE, values)
     except IntegrityError as exc:
         raise Replayed("this (keyid, nonce) was already used") from exc
+
+
+def _record_nonce_and_find(
+    session: Session, sig: VerifiedSignature, keep_until: datetime, message_id: str
+) -> _Known | None:
+    """``_record_nonce``, then the inbox's record of ``message_id`` if it has one."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        _record_nonce(session, sig, keep_until)
+        found = connection.execute(_KNOWN_ONE, {"message_id": message_id}).first()
+    else:
+        values = {"keyid": sig.keyid, "nonce": sig.nonce or "", "expires_at": keep_until}
+        try:
+            found = connection.execute(_NONCE_THEN_KNOWN, {**values, "message_id": message_id}).first()
+        except IntegrityError as exc:
+            raise Replayed("this (keyid, nonce) was already used") from exc
+    return None if found is None else _Known(*found)
 
 
 def nonce_seen(sig: VerifiedSignature) -> bool:
@@ -220,13 +251,12 @@ def accept(
     nonce_keep_until: datetime,
 ) -> Accepted:
     """Rule 7 (the nonce), then store the checked message once and hand it to the domain."""
-    _record_nonce(session, signature, nonce_keep_until)
     message_id, digest = str(envelope.message_id), content_digest(body)
-    existing = session.get(InboxMessage, message_id)
+    existing = _record_nonce_and_find(session, signature, nonce_keep_until, message_id)
     if existing is not None:
         if existing.digest != digest:
             raise Conflict("this message_id was already received with a different body")
-        return Accepted(200, _receipt(existing, "duplicate"))
+        return Accepted(200, _receipt_of(message_id, existing, "duplicate"))
     received_at = now.replace(microsecond=0)
     inbound = InboundMessage(envelope, received_at, signature.keyid)
     if endpoint.handle_many is not None:  # the bulk path, for one: Core statements, no ORM flush
@@ -239,19 +269,20 @@ def accept(
         due_at = endpoint.handle(session, inbound)
         session.flush()  # the domain's rows first (as the ORM would order them), then the inbox row
     session.connection().execute(
-        insert(_INBOX).values(
-            message_id=message_id,
-            type=endpoint.message_type,
-            sender=envelope.sender,
-            conversation_id=str(envelope.correlation_id or envelope.message_id),
-            body=body,
-            digest=digest,
-            keyid=signature.keyid,
-            signature_input=signature.signature_input,
-            signature=signature.signature,
-            received_at=received_at,
-            due_at=due_at,
-        )
+        _INSERT_INBOX,
+        {
+            "message_id": message_id,
+            "type": endpoint.message_type,
+            "sender": envelope.sender,
+            "conversation_id": str(envelope.correlation_id or envelope.message_id),
+            "body": body,
+            "digest": digest,
+            "keyid": signature.keyid,
+            "signature_input": signature.signature_input,
+            "signature": signature.signature,
+            "received_at": received_at,
+            "due_at": due_at,
+        },
     )
     return Accepted(202, _receipt_of(message_id, _Known(digest, received_at, due_at), "accepted"))
 
@@ -354,7 +385,7 @@ def accept_batch(
     if run:
         take_run()
     if rows:
-        session.connection().execute(insert(_INBOX), rows)
+        session.connection().execute(_INSERT_INBOX, rows)
         if kept is not None:  # encrypted at rest by the column's type, as the items' bodies are
             batch_row = {
                 "keyid": signature.keyid,
@@ -467,16 +498,6 @@ def _receipt_of(message_id: str, known: _Known, status: str) -> bytes:
         received_at=known.received_at,
         digest=known.digest,
         due_at=known.due_at,
-    )
-
-
-def _receipt(row: InboxMessage, status: str) -> bytes:
-    return receipt_body(
-        message_id=row.message_id,
-        status=status,
-        received_at=row.received_at,
-        digest=row.digest,
-        due_at=row.due_at,
     )
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy import select as sql_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, or_, select
 
 from service import idnumbers
@@ -32,6 +33,7 @@ from service.exchange.outbox import enqueue
 from service.models import (
     CaseStatus,
     Direction,
+    InboxMessage,
     OutboxMessage,
     Priority,
     Role,
@@ -292,10 +294,10 @@ def on_reply(listener: ReplyListener) -> None:
 def _taken(session: Session, message_ids: Collection[str]) -> set[str]:
     """Those of ``message_ids`` a case here has already (a request this node sent, say): a peer's
     request that reuses one is refused as a conflict, not left to fail on the unique index."""
-    query = select(VerificationCase.request_message_id).where(
-        col(VerificationCase.request_message_id).in_(message_ids)
-    )
-    return set(session.exec(query).all())
+    ids = list(message_ids)
+    if len(ids) == 1:  # every single request: a statement compiled once, no IN list to expand
+        return set(session.connection().execute(_TAKEN_ONE, {"id": ids[0]}).scalars())
+    return set(session.connection().execute(_TAKEN_MANY, {"ids": ids}).scalars())
 
 
 def _reused(message_id: str) -> DomainError:
@@ -320,33 +322,47 @@ def receive_requests(
     session: Session, inbounds: Sequence[InboundMessage[RequestPayload]]
 ) -> list[datetime | DomainError | None]:
     """``receive_request`` for a batch's run of 协查 requests, in order (the bulk path,
-    ``PeerEndpoint.handle_many``): the same cases, written in one statement, no ORM object and no
-    flush per message. Each one's outcome is its deadline, or a conflict when its message_id is one a
-    case here has already (the payload was validated before the transaction)."""
+    ``PeerEndpoint.handle_many``; a single request comes this way too): the same cases, written in
+    one statement, no ORM object and no flush per message. Each one's outcome is its deadline, or a
+    conflict when its message_id is one a case here has already (the payload was validated before
+    the transaction).
+
+    The statement is ``INSERT … ON CONFLICT (request_message_id) DO NOTHING RETURNING``: the rows it
+    does not return were taken, found by the same round trip that writes the others. One skipped
+    because a concurrent copy of the same message committed it meanwhile (its inbox row is there now)
+    is written again without ``ON CONFLICT``, so that the unique index raises the IntegrityError the
+    caller answers by running the request again (then it is a duplicate), as before."""
     settings = get_settings()
     deadlines: dict[tuple[datetime, Topic, Priority], datetime] = {}  # a batch has one received_at
     rows: list[dict[str, Any]] = []
-    outcomes: list[datetime | DomainError | None] = []
-    taken = _taken(session, [str(inbound.envelope.message_id) for inbound in inbounds])
     for inbound in inbounds:
         envelope, payload = inbound.envelope, inbound.envelope.payload
-        message_id, at = str(envelope.message_id), inbound.received_at
-        if message_id in taken:
-            outcomes.append(_reused(message_id))
-            continue
+        at = inbound.received_at
         deadline = deadlines.get((at, payload.topic, payload.priority))
         if deadline is None:
             rule = deadline_rule(settings, payload.topic, payload.priority)
             deadline = deadlines[at, payload.topic, payload.priority] = due_at(at, rule)
-        row = _case_fields(message_id, Direction.incoming, envelope.sender, CaseStatus.received, payload)
+        row = _case_fields(
+            str(envelope.message_id), Direction.incoming, envelope.sender, CaseStatus.received, payload
+        )
         # The columns not given here take their defaults (None; the blind index from the ID number,
         # as the ORM's before_insert gives it), as in VerificationCase(...).
         row.update(sent_at=envelope.sent_at, received_at=at, due_at=deadline, updated_at=utcnow())
         rows.append(row)
-        outcomes.append(deadline)
-    if rows:
-        session.connection().execute(insert(_CASE), rows)
-    return outcomes
+    connection = session.connection()
+    statement = _INSERT_NEW_CASES[connection.dialect.name]
+    stored = set(connection.execute(statement, rows[0] if len(rows) == 1 else rows).scalars())
+    skipped = [row for row in rows if row["request_message_id"] not in stored]
+    if skipped:
+        copies = set(
+            connection.execute(_INBOX_HAS, {"ids": [row["request_message_id"] for row in skipped]}).scalars()
+        )
+        if copies:  # IntegrityError, from the database itself
+            connection.execute(_INSERT_CASE, [row for row in skipped if row["request_message_id"] in copies])
+    return [
+        row["due_at"] if row["request_message_id"] in stored else _reused(row["request_message_id"])
+        for row in rows
+    ]
 
 
 def acknowledge(session: Session, signer: NodeSigner, case_id: int, data: AckCreate) -> VerificationCase:
@@ -618,6 +634,20 @@ def _claim(session: Session, case: VerificationCase, to: CaseStatus) -> None:
 
 
 _CASE = VerificationCase.__table__  # type: ignore[attr-defined]
+_TAKEN_ONE = sql_select(_CASE.c.request_message_id).where(_CASE.c.request_message_id == bindparam("id"))
+_TAKEN_MANY = sql_select(_CASE.c.request_message_id).where(
+    _CASE.c.request_message_id.in_(bindparam("ids", expanding=True))
+)
+_INSERT_CASE = insert(_CASE)
+# receive_requests': new cases, those whose request_message_id a case has already left out and told.
+_INSERT_NEW_CASES = {
+    name: dialect_insert(_CASE)
+    .on_conflict_do_nothing(index_elements=[_CASE.c.request_message_id])
+    .returning(_CASE.c.request_message_id)
+    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))
+}
+_INBOX = InboxMessage.__table__  # type: ignore[attr-defined]
+_INBOX_HAS = sql_select(_INBOX.c.message_id).where(_INBOX.c.message_id.in_(bindparam("ids", expanding=True)))
 # receive_acks' change to each case acknowledged: the columns receive_ack sets.
 _ACKNOWLEDGED = (
     update(_CASE)

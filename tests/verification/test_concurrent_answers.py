@@ -9,6 +9,9 @@ COMMITTED) and be taken as well: both answered 202, both stored, the second over
 Each way in: one message (``inbox.accept``, the bulk handler for one), the per-item handler (the
 endpoint without ``handle_many``) and a batch (``inbox.accept_batch``). SQLite, and PostgreSQL
 when YIPANQI_TEST_DATABASE_URL is set.
+
+The same for two copies of one 协查 request (a retry while the first delivery is still being
+stored): the copy is a duplicate, never a second case nor a conflict.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.clock import utcnow
@@ -232,3 +236,83 @@ def test_concurrent_acks_and_replies_for_one_case(
     assert case.promised_by == (None if ack is None else ack.promised_by)
     assert case.findings == (None if reply is None else reply.findings)
     assert case.answered_at == (None if reply is None else reply.at)
+
+
+def request_copies(n: int = 2) -> list[Offer]:
+    """One 协查 request from ORIGIN, as ``n`` deliveries of it (a relay's retry: same body, new nonce)."""
+    stamp = utcnow().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    subject = {"id_number": "411627199503080024", "name": "王秀英", "sex": "F", "birth_date": "1995-03-08"}
+    body = canonical_json(
+        {
+            "message_id": str(uuid.uuid4()),
+            "type": service.REQUEST,
+            "sender": ORIGIN,
+            "recipient": HOST,
+            "sent_at": stamp,
+            "correlation_id": None,
+            "payload": {
+                "subject": subject,
+                "key_target": False,
+                "topic": "marital_status",
+                "priority": "normal",
+                "question": "请核实。",
+            },
+        }
+    )
+    endpoint = ENDPOINT[service.REQUEST]
+    copies = []
+    for _ in range(n):
+        signature = VerifiedSignature(
+            keyid=f"{ORIGIN}/k1",
+            nonce=uuid.uuid4().hex,
+            created=utcnow(),
+            expires=None,
+            signature_input='sig1=("@method");created=1',
+            signature="sig1=:AAAA:",
+        )
+        copies.append(Offer(endpoint, parse_envelope(endpoint, body), body, signature, utcnow()))
+    return copies
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_two_copies_of_one_request_at_once_store_it_once(engine: Engine, path: str) -> None:
+    """The second copy waits for the first (on PostgreSQL in the case's unique index), finds the
+    case stored when the first commits, and fails with IntegrityError, which the routes answer by
+    taking it again in a new transaction: then it is a duplicate (200), as a retry after the fact is.
+    Nothing is stored twice, and the copy is not refused as a reused message_id."""
+    first, second = request_copies()
+    outcomes: dict[str, Accepted | DomainError] = {}
+    errors: list[BaseException] = []
+
+    def second_transaction() -> None:
+        for _attempt in range(2):  # as the routes do (_accept_once, the batch route)
+            try:
+                with transaction(engine) as tx:
+                    outcomes["second"] = take(tx, path, second)
+                return
+            except IntegrityError:
+                continue
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=second_transaction)
+    with transaction(engine) as tx:
+        outcomes["first"] = take(tx, path, first)
+        thread.start()
+        wait_until_waiting(engine, thread)
+    thread.join(30)
+    assert not thread.is_alive(), "the second transaction did not end"
+    assert not errors, errors
+    assert isinstance(outcomes["first"], Accepted)
+    assert outcomes["first"].status_code == 202
+    copy = outcomes["second"]
+    assert isinstance(copy, Accepted), copy
+    assert copy.status_code == 200
+    message_id = str(first.envelope.message_id)
+    with Session(engine) as session:
+        cases = session.exec(
+            select(VerificationCase).where(VerificationCase.request_message_id == message_id)
+        )
+        assert len(cases.all()) == 1
+        assert len(session.exec(select(InboxMessage).where(InboxMessage.message_id == message_id)).all()) == 1
