@@ -226,11 +226,11 @@ def insert(
     return {number_of[index]: pid for index, pid in encoder.backend.insert(session, rows)}
 
 
-def existing(session: Session, encoder: Encoder, id_numbers: Sequence[str]) -> dict[str, int]:
-    """ID number → record id, for the numbers already registered (one query, by blind index)."""
-    if not id_numbers:
+def existing(session: Session, encoder: Encoder, number_of: dict[str, str]) -> dict[str, int]:
+    """ID number → record id, for the numbers already registered, given by blind index → number
+    (one query, by blind index)."""
+    if not number_of:
         return {}
-    number_of = {pii.blind_index(number, pii.ID_NUMBER): number for number in id_numbers}
     return {number_of[index]: pid for index, pid in encoder.backend.existing(session, list(number_of))}
 
 

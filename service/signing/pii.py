@@ -90,6 +90,7 @@ class Keyring:
     secrets: dict[int, bytes]
     _aes: dict[int, AESGCM] = field(default_factory=dict, repr=False)
     _index_key: bytes = field(default=b"", repr=False)
+    _index_mac: Any = field(default=None, repr=False)  # HMAC keyed once; each index copies it
 
     def __post_init__(self) -> None:
         if not self.secrets:
@@ -99,6 +100,7 @@ class Keyring:
                 raise PiiKeyError(f"PII key v{version} is not {KEY_BYTES} bytes")
             self._aes[version] = AESGCM(_derive(secret, _AES_LABEL))
         self._index_key = _derive(self.secrets[min(self.secrets)], _INDEX_LABEL)
+        self._index_mac = hmac.new(self._index_key, digestmod=hashlib.sha256)
 
     def __repr__(self) -> str:  # never the secrets
         return f"Keyring(versions={sorted(self.secrets)})"
@@ -167,9 +169,11 @@ class Keyring:
             ) from None
 
     def encrypt_text(self, value: str, context: str) -> str:
-        blob = self.encrypt(value.encode("utf-8"), context)
-        head, _, body = blob.partition(b":")
-        return head.decode("ascii") + ":" + base64.b64encode(body).decode("ascii")
+        """``v<n>:`` + base64 of nonce + ciphertext and tag (``encrypt``'s blob, its body in base64)."""
+        version = self.current
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aes[version].encrypt(nonce, value.encode("utf-8"), context.encode("ascii"))
+        return f"v{version}:" + base64.b64encode(nonce + sealed).decode("ascii")
 
     def decrypt_text(self, value: str, context: str) -> str:
         head, sep, body = value.partition(":")
@@ -183,8 +187,9 @@ class Keyring:
 
     def blind_index(self, value: str, purpose: str) -> str:
         """HMAC-SHA256 of the normalised value under the blind-index key, hex (64 characters)."""
-        data = purpose.encode("ascii") + b"\x00" + value.encode("utf-8")
-        return hmac.new(self._index_key, data, hashlib.sha256).hexdigest()
+        mac = self._index_mac.copy()  # the key's pads computed once, not for every value
+        mac.update(purpose.encode("ascii") + b"\x00" + value.encode("utf-8"))
+        return str(mac.hexdigest())
 
 
 def split_version(blob: bytes, context: str) -> tuple[int, bytes]:
