@@ -101,6 +101,18 @@ class Offer:
     findings: str | None = None
 
 
+def _signature() -> VerifiedSignature:
+    """As the route hands it over once the signature checked out (a fresh nonce each)."""
+    return VerifiedSignature(
+        keyid=f"{ORIGIN}/k1",
+        nonce=uuid.uuid4().hex,
+        created=utcnow(),
+        expires=None,
+        signature_input='sig1=("@method");created=1',
+        signature="sig1=:AAAA:",
+    )
+
+
 def offer(kind: str, request_id: str, n: int) -> Offer:
     at = (utcnow() - timedelta(minutes=10 - n)).replace(microsecond=0)  # each message its own time
     stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -122,14 +134,7 @@ def offer(kind: str, request_id: str, n: int) -> Offer:
         }
     )
     endpoint = ENDPOINT[kind]
-    signature = VerifiedSignature(
-        keyid=f"{ORIGIN}/k1",
-        nonce=uuid.uuid4().hex,
-        created=utcnow(),
-        expires=None,
-        signature_input='sig1=("@method");created=1',
-        signature="sig1=:AAAA:",
-    )
+    signature = _signature()
     return Offer(
         endpoint,
         parse_envelope(endpoint, body),
@@ -262,15 +267,7 @@ def request_copies(n: int = 2) -> list[Offer]:
     endpoint = ENDPOINT[service.REQUEST]
     copies = []
     for _ in range(n):
-        signature = VerifiedSignature(
-            keyid=f"{ORIGIN}/k1",
-            nonce=uuid.uuid4().hex,
-            created=utcnow(),
-            expires=None,
-            signature_input='sig1=("@method");created=1',
-            signature="sig1=:AAAA:",
-        )
-        copies.append(Offer(endpoint, parse_envelope(endpoint, body), body, signature, utcnow()))
+        copies.append(Offer(endpoint, parse_envelope(endpoint, body), body, _signature(), utcnow()))
     return copies
 
 
