@@ -89,8 +89,7 @@ class Keyring:
 
     secrets: dict[int, bytes]
     _aes: dict[int, AESGCM] = field(default_factory=dict, repr=False)
-    _index_key: bytes = field(default=b"", repr=False)
-    _index_mac: Any = field(default=None, repr=False)  # HMAC keyed once; each index copies it
+    _index_mac: hmac.HMAC = field(init=False, repr=False)  # keyed once; each blind index copies it
 
     def __post_init__(self) -> None:
         if not self.secrets:
@@ -99,8 +98,8 @@ class Keyring:
             if len(secret) != KEY_BYTES:
                 raise PiiKeyError(f"PII key v{version} is not {KEY_BYTES} bytes")
             self._aes[version] = AESGCM(_derive(secret, _AES_LABEL))
-        self._index_key = _derive(self.secrets[min(self.secrets)], _INDEX_LABEL)
-        self._index_mac = hmac.new(self._index_key, digestmod=hashlib.sha256)
+        index_key = _derive(self.secrets[min(self.secrets)], _INDEX_LABEL)
+        self._index_mac = hmac.new(index_key, digestmod=hashlib.sha256)
 
     def __repr__(self) -> str:  # never the secrets
         return f"Keyring(versions={sorted(self.secrets)})"
@@ -144,12 +143,16 @@ class Keyring:
 
     # --- encryption ---
 
-    def encrypt(self, plaintext: bytes, context: str) -> bytes:
-        """``v<n>:`` + nonce + ciphertext and tag (raw bytes)."""
+    def _seal(self, plaintext: bytes, context: str) -> tuple[int, bytes]:
+        """The current version, and a fresh nonce + ciphertext and tag."""
         version = self.current
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aes[version].encrypt(nonce, plaintext, context.encode("ascii"))
-        return b"v%d:" % version + nonce + sealed
+        return version, nonce + self._aes[version].encrypt(nonce, plaintext, context.encode("ascii"))
+
+    def encrypt(self, plaintext: bytes, context: str) -> bytes:
+        """``v<n>:`` + nonce + ciphertext and tag (raw bytes)."""
+        version, sealed = self._seal(plaintext, context)
+        return b"v%d:" % version + sealed
 
     def decrypt(self, blob: bytes, context: str) -> bytes:
         version, rest = split_version(blob, context)
@@ -170,10 +173,8 @@ class Keyring:
 
     def encrypt_text(self, value: str, context: str) -> str:
         """``v<n>:`` + base64 of nonce + ciphertext and tag (``encrypt``'s blob, its body in base64)."""
-        version = self.current
-        nonce = os.urandom(NONCE_BYTES)
-        sealed = self._aes[version].encrypt(nonce, value.encode("utf-8"), context.encode("ascii"))
-        return f"v{version}:" + base64.b64encode(nonce + sealed).decode("ascii")
+        version, sealed = self._seal(value.encode("utf-8"), context)
+        return f"v{version}:" + base64.b64encode(sealed).decode("ascii")
 
     def decrypt_text(self, value: str, context: str) -> str:
         head, sep, body = value.partition(":")
@@ -189,7 +190,7 @@ class Keyring:
         """HMAC-SHA256 of the normalised value under the blind-index key, hex (64 characters)."""
         mac = self._index_mac.copy()  # the key's pads computed once, not for every value
         mac.update(purpose.encode("ascii") + b"\x00" + value.encode("utf-8"))
-        return str(mac.hexdigest())
+        return mac.hexdigest()
 
 
 def split_version(blob: bytes, context: str) -> tuple[int, bytes]:
