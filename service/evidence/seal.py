@@ -14,12 +14,13 @@ over) is done before the transaction.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import String, cast, exists, func, insert, update
 from sqlalchemy.engine import Engine
@@ -65,9 +66,11 @@ _PLACEHOLDER = re.compile(r"\{[a-z_]+\}")
 _BOUND = [p for p in (getattr(_http, "_BOUND_RESPONSE", None),) if p is not None]  # answers bound to requests
 
 
+@functools.lru_cache(maxsize=4096)
 def _canonical_signature(signature_input: str, signature: str, *, response: bool) -> tuple[str, str]:
     """The Signature-Input and Signature as yipanqi writes them (one ``yp`` member), whatever form
-    they came in; as they are if they cannot be read (then they will not verify)."""
+    they came in; as they are if they cannot be read (then they will not verify). Remembered: the
+    items of a batch share one signature, and a sealing run or a verification meets it once an item."""
     headers = [("Signature-Input", signature_input), ("Signature", signature)]
     profiles = [_RESPONSE, *_BOUND] if response else [_REQUEST]
     for profile in profiles:
@@ -109,7 +112,39 @@ def _endpoint_paths() -> dict[str, str]:
     return {e.message_type: e.path for e in (*VERIFICATION, *NOTIFICATIONS, *CERTIFICATES)}
 
 
-def _inbound_path(template: str | None, row: InboxMessage) -> str | None:
+class Received(Protocol):
+    """What an inbox entry is made of: an InboxMessage's columns, all but the body (its digest,
+    ``content_digest`` of the body taken when it was stored, is what the entry keeps)."""
+
+    message_id: str
+    type: str
+    sender: str
+    conversation_id: str
+    digest: str
+    keyid: str
+    signature_input: str
+    signature: str
+    received_at: datetime
+
+
+# The inbox columns the sealer reads: the body is not read (nor decrypted), its digest is.
+_RECEIVED = tuple(
+    getattr(InboxMessage, name)
+    for name in (
+        "message_id",
+        "type",
+        "sender",
+        "conversation_id",
+        "digest",
+        "keyid",
+        "signature_input",
+        "signature",
+        "received_at",
+    )
+)
+
+
+def _inbound_path(template: str | None, row: Received) -> str | None:
     if template is None:
         return None
     return PEER_PREFIX + _PLACEHOLDER.sub(row.conversation_id, template)
@@ -145,7 +180,7 @@ Batches = Mapping[tuple[str, str], Sequence[str]]
 
 
 def prepare_inbox(
-    row: InboxMessage,
+    row: Received,
     keys: Mapping[str, str],
     paths: Mapping[str, str],
     batches: Batches | None = None,
@@ -154,7 +189,7 @@ def prepare_inbox(
     """``verified``: a memo of the batch signatures already found to verify, (keyid, signature) →
     the batch's digest, kept across the rows of one sealing run: the items of one batch share its
     signature, so a batch of 1,000 costs one Ed25519 verification, not 2,000."""
-    digest = chain.content_digest(row.body)
+    digest = row.digest
     signature_input, signature = _canonical_signature(row.signature_input, row.signature, response=False)
     keyid = _keyid(signature_input) or row.keyid
     key = keys.get(keyid)
@@ -366,7 +401,7 @@ def unsealed(
     found: list[Prepared] = []
 
     since = None if full else _since(session, INBOX, margin)
-    inbox = select(InboxMessage).where(~_sealed(INBOX, InboxMessage.message_id))
+    inbox = select(*_RECEIVED).where(~_sealed(INBOX, InboxMessage.message_id))
     if since is not None:
         inbox = inbox.where(col(InboxMessage.received_at) >= since)
     received = list(
@@ -432,7 +467,7 @@ def unsealed(
     return found[:limit]
 
 
-def _batch_digests(session: Session, rows: Sequence[InboxMessage]) -> dict[tuple[str, str], list[str]]:
+def _batch_digests(session: Session, rows: Sequence[Received]) -> dict[tuple[str, str], list[str]]:
     """The digests of the batch bodies kept for these messages' requests (by keyid and nonce; the
     bodies themselves are not read)."""
     nonces = {n for n in (_nonce(r.signature_input) for r in rows) if n}

@@ -69,6 +69,21 @@ def test_an_altered_body_is_named(sealed: Log) -> None:
     assert "the message body does not match its sealed digest" in what
 
 
+def test_a_body_altered_before_it_was_sealed_is_named(evidence_db: Log) -> None:
+    """The sealer seals the digest taken when the message was stored (it reads no body), so a body
+    changed between receipt and sealing does not become the evidence."""
+    target = evidence_db.receive()
+    with Session(evidence_db.engine) as session:
+        row = session.get(InboxMessage, target)
+        assert row is not None
+        row.body = row.body.replace(b'"n": 0', b'"n": 7')
+        session.commit()
+    assert evidence_db.seal() == 1
+    first, what = broken(verify(evidence_db))
+    assert first == evidence_db.seq_of(target)
+    assert "the message body does not match its sealed digest" in what
+
+
 def test_a_body_overwritten_behind_the_nodes_back_is_named(sealed: Log) -> None:
     target = sealed.outbox[0]
     sealed.sql("UPDATE outbox_message SET body = :b WHERE message_id = :m", b=b"{}", m=target)
