@@ -61,7 +61,7 @@ from service.signing.pii_rotation import check_database as check_pii_key
 from service.sla import routes as reports
 from service.staff import idempotency
 from service.staff import routes as staff_accounts
-from service.staff.service import StaffAccounts
+from service.staff.service import StaffAccounts, no_account_hash
 from service.verification import routes as verification
 from service.verification.peer import ENDPOINTS as VERIFICATION_ENDPOINTS
 
@@ -81,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     limiter = anyio.to_thread.current_default_thread_limiter()
     limiter.total_tokens = max(limiter.total_tokens, settings.max_concurrent_requests + 8)
     check_pii_key()  # the PII key is there and decrypts what is stored, or the node does not start
+    no_account_hash()  # made now: the first unknown account then costs what a wrong secret costs
     with read_session() as session:
         app.state.signer = load_signer(session, settings.keys_dir)
         production.check_stored_peers(session, settings)  # no http:// peer in production

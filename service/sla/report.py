@@ -13,8 +13,6 @@ import csv
 import io
 from datetime import date, timedelta
 
-from openpyxl import Workbook
-from openpyxl.styles import Font, PatternFill
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -171,11 +169,17 @@ def to_csv(report: MonthlyReport) -> bytes:
     return out.getvalue().encode("utf-8-sig")
 
 
-BELOW_FILL = PatternFill("solid", start_color="FFC7CE", end_color="FFC7CE")
+BELOW_COLOR = "FFC7CE"  # the fill of a row below its target
 
 
 def to_xlsx(report: MonthlyReport) -> bytes:
     """One sheet, Chinese headers, rows below their target filled red."""
+    # Imported here: openpyxl (and the numpy it loads when installed) costs every process start
+    # a tenth of a second, and only a spreadsheet download needs it.
+    from openpyxl import Workbook
+    from openpyxl.styles import Font, PatternFill
+
+    below = PatternFill("solid", start_color=BELOW_COLOR, end_color=BELOW_COLOR)
     book = Workbook()
     sheet = book.active
     assert sheet is not None
@@ -188,7 +192,7 @@ def to_xlsx(report: MonthlyReport) -> bytes:
         sheet.append(_cells(row))
         if row.below_target:
             for cell in sheet[sheet.max_row]:
-                cell.fill = BELOW_FILL
+                cell.fill = below
     for column, width in zip("ABCDEFGHI", (30, 20, 10, 28, 10, 10, 10, 8, 10), strict=True):
         sheet.column_dimensions[column].width = width
     sheet.freeze_panes = "A3"

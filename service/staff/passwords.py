@@ -21,11 +21,9 @@ from service.db import read_session, transaction
 from service.errors import DomainError, ValidationFailed
 from service.models import ConsoleSession, PasswordHistory, Staff
 from service.snapshots import mark_changed
-from service.staff.service import STAFF, USERNAME
+from service.staff.service import STAFF, USERNAME, no_account_hash
 
 _hasher = PasswordHasher()
-# An unknown account is checked against this, so it costs what a wrong password costs.
-_NO_ACCOUNT_HASH = _hasher.hash("no account has this password")
 _hashing = threading.Lock()  # one argon2 at a time in the process: a flood holds one core at most
 
 MIN_LENGTH = 12
@@ -175,7 +173,7 @@ def check_password(
     usable = staff is not None and staff.active and staff.password_hash is not None
     with _hashing:
         good = _matches(
-            staff.password_hash if usable and staff and staff.password_hash else _NO_ACCOUNT_HASH,
+            staff.password_hash if usable and staff and staff.password_hash else no_account_hash(),
             password if name_ok else "",
         )
     if usable and good:

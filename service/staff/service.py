@@ -8,6 +8,7 @@ whichever way it was made: the CLI, the staff API or the console. Tokens expire
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -52,10 +53,16 @@ _audit = logging.getLogger("yipanqi.audit")
 _TOKEN = re.compile(r"^yp_([1-9][0-9]{0,9})_([A-Za-z0-9_-]{20,100})$")
 USERNAME = re.compile(r"^[A-Za-z0-9._-]{2,64}$")
 STAFF = "staff"  # the snapshot topic of staff accounts
-# An unknown account is checked against this hash, so that it costs what a wrong secret costs.
-_NO_ACCOUNT_HASH = _hasher.hash(secrets.token_urlsafe(32))
 _VERIFIED_MAX = 10_000  # verified tokens remembered (a few per account in practice)
 _AUDIT = "yipanqi_staff_audit"  # session.info: account changes logged once the transaction commits
+
+
+@functools.cache
+def no_account_hash() -> str:
+    """What an unknown account's token or password is checked against, so that it costs what a
+    wrong secret costs. Made once, when the node starts (its lifespan) or at first use, not at
+    import: every CLI command would pay an argon2 hash for it."""
+    return _hasher.hash(secrets.token_urlsafe(32))
 
 
 def _record(session: Session, by: str, action: str, account: Staff, **extra: object) -> None:
@@ -344,7 +351,7 @@ class StaffAccounts:
                     raise TooManyRequests("too many failed sign-ins; try again later", retry_after=wait)
             try:
                 # The same work for an unknown or disabled account as for a wrong secret.
-                _hasher.verify(staff.token_hash if staff else _NO_ACCOUNT_HASH, match.group(2))
+                _hasher.verify(staff.token_hash if staff else no_account_hash(), match.group(2))
                 if staff is None or not staff.active:
                     raise VerificationError
             except (VerificationError, InvalidHashError) as exc:

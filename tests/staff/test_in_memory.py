@@ -123,6 +123,7 @@ def test_an_unknown_account_costs_one_hash_like_a_wrong_secret(
 ) -> None:
     staff_id, token = _staff(engine)
     accounts = _accounts(engine, clock)
+    staff_service.no_account_hash()  # made when the node starts (its lifespan), not by the first stranger
     spy = Spy(staff_service._hasher)
     monkeypatch.setattr(staff_service, "_hasher", spy)
     secret = token.split("_", 2)[2]
