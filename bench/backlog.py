@@ -2,12 +2,13 @@
 
     python bench/backlog.py [--messages 100000] [--singles 2000] [--backend sqlite|postgres]
                             [--type notification|verification.request] [--keep]
+                            [--set YIPANQI_NAME=VALUE ...]
 
 For each run, a fresh pair of nodes on 127.0.0.1 (金水区 410105 sends to 太康县 411627, each a
 ``yipanqi serve`` process of its own, one uvicorn worker, settings at their defaults but for the log
-level): ``--messages`` outgoing 通报 (arrival) or 协查 requests are queued in the sender's outbox
-with both nodes stopped, the way staff create them (``create_outgoing``, committed 2,000 at a
-time); then the receiver is started, then the sender, whose relay finds the whole backlog due.
+level and any ``--set``): ``--messages`` outgoing 通报 (arrival) or 协查 requests are queued in the
+sender's outbox with both nodes stopped, the way staff create them (``create_outgoing``, committed
+2,000 at a time); then the receiver is started, then the sender, whose relay finds the whole backlog due.
 The run ends when every message to the receiver holds a signed receipt. Then the bench checks
 exactly-once: the sender's outbox has every message delivered, and the receiver holds each one
 exactly once (its inbox and its 通报 or 协查 table, by message_id).
@@ -203,9 +204,19 @@ def check_exactly_once(sender: LocalNode, receiver: LocalNode, kind: str, count:
         raise SystemExit("exactly-once check failed: " + "; ".join(problems))
 
 
-def run(kind: str, count: int, *, batches: bool, backend: str, pg_url: str, keep: bool) -> Result:
+def run(
+    kind: str,
+    count: int,
+    *,
+    batches: bool,
+    backend: str,
+    pg_url: str,
+    keep: bool,
+    settings: dict[str, str] | None = None,
+) -> Result:
     root = Path(tempfile.mkdtemp(prefix="yipanqi-backlog-"))
     env = {"YIPANQI_LOG_LEVEL": "WARNING", "YIPANQI_RELAY_BATCH_ENABLED": "true" if batches else "false"}
+    env.update(settings or {})
     try:
         with databases(backend, pg_url) as urls:
             sender, receiver = build_network(
@@ -257,7 +268,17 @@ def main() -> None:
     parser.add_argument("--type", choices=["notification", "verification.request"], default="notification")
     parser.add_argument("--pg-url", default=os.environ.get("YIPANQI_TEST_DATABASE_URL", DEFAULT_PG))
     parser.add_argument("--keep", action="store_true", help="keep the nodes' folder (logs, databases)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="YIPANQI_NAME=VALUE",
+        help="a setting for both nodes (README, Configuration), e.g. YIPANQI_RELAY_PEER_CONCURRENCY=8",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
+    if not all(name.startswith("YIPANQI_") for name in settings):
+        parser.error("--set takes YIPANQI_NAME=VALUE")
     # The nodes take this process's PII key (LocalNode.init), so what it queues is theirs to read.
     os.environ.setdefault("YIPANQI_PII_KEYS", pii.Keyring({1: pii.new_secret()}).dump())
     rows = []
@@ -273,6 +294,7 @@ def main() -> None:
                     backend=args.backend,
                     pg_url=args.pg_url,
                     keep=args.keep,
+                    settings=settings,
                 ),
             )
         )
