@@ -2,7 +2,7 @@
 
     python bench/backlog.py [--messages 100000] [--singles 2000] [--backend sqlite|postgres]
                             [--type notification|verification.request] [--keep]
-                            [--set YIPANQI_NAME=VALUE ...]
+                            [--set NAME=VALUE ...]
 
 For each run, a fresh pair of nodes on 127.0.0.1 (金水区 410105 sends to 太康县 411627, each a
 ``yipanqi serve`` process of its own, one uvicorn worker, settings at their defaults but for the log
@@ -272,13 +272,13 @@ def main() -> None:
         "--set",
         action="append",
         default=[],
-        metavar="YIPANQI_NAME=VALUE",
+        metavar="NAME=VALUE",
         help="a setting for both nodes (README, Configuration), e.g. YIPANQI_RELAY_PEER_CONCURRENCY=8",
     )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.set)
     if not all(name.startswith("YIPANQI_") for name in settings):
-        parser.error("--set takes YIPANQI_NAME=VALUE")
+        parser.error("--set takes a node setting, YIPANQI_...=VALUE")
     # The nodes take this process's PII key (LocalNode.init), so what it queues is theirs to read.
     os.environ.setdefault("YIPANQI_PII_KEYS", pii.Keyring({1: pii.new_secret()}).dump())
     rows = []
