@@ -276,9 +276,9 @@ def main() -> None:
         help="a setting for both nodes (README, Configuration), e.g. YIPANQI_RELAY_PEER_CONCURRENCY=8",
     )
     args = parser.parse_args()
-    settings = dict(item.split("=", 1) for item in args.set)
-    if not all(name.startswith("YIPANQI_") for name in settings):
+    if not all(item.startswith("YIPANQI_") and "=" in item for item in args.set):
         parser.error("--set takes a node setting, YIPANQI_...=VALUE")
+    settings = dict(item.split("=", 1) for item in args.set)
     # The nodes take this process's PII key (LocalNode.init), so what it queues is theirs to read.
     os.environ.setdefault("YIPANQI_PII_KEYS", pii.Keyring({1: pii.new_secret()}).dump())
     rows = []
